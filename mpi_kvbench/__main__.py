@@ -1,0 +1,5 @@
+import sys
+
+from mpi_kvbench.cli import main
+
+sys.exit(main())

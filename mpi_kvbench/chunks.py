@@ -1,0 +1,78 @@
+"""KV objects: chunks of ``chunk_tokens`` tokens keyed by a prefix-hash chain.
+
+A request's prompt is a sequence of content segments ``(identity, tokens)``; the tokens
+of a chunk are named by (segment identity, offset) pieces. A chunk's key hashes those
+pieces together with the key of the chunk before it, so two requests that share a
+prefix share exactly its chunks, and changing any chunk changes every key after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mpi_kvbench.models import ModelSpec
+from mpi_kvbench.tiers.base import round_up
+
+MASK64 = (1 << 64) - 1
+GOLDEN = 0x9E3779B97F4A7C15
+
+
+def chunk_keys(segments: Sequence[tuple[int, int]], chunk_tokens: int) -> list[int]:
+    """Keys (64-bit) of every full chunk of the token stream ``segments`` describes."""
+    keys: list[int] = []
+    prev = 0
+    pieces: list[tuple[int, int, int]] = []
+    room = chunk_tokens
+    for ident, length in segments:
+        pos = 0
+        while pos < length:
+            take = min(room, length - pos)
+            pieces.append((ident & MASK64, pos, take))
+            pos += take
+            room -= take
+            if room == 0:
+                h = hashlib.blake2b(struct.pack("<Q", prev), digest_size=8)
+                for piece in pieces:
+                    h.update(struct.pack("<QQQ", *piece))
+                prev = int.from_bytes(h.digest(), "little")
+                keys.append(prev)
+                pieces, room = [], chunk_tokens
+    return keys
+
+
+def layer_key(chunk_key: int, layer: int) -> int:
+    """The key of one layer's object of a chunk (layer-wise layout)."""
+    return (chunk_key + (layer + 1) * GOLDEN) & MASK64
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How big one object is on one rank, and how many objects a chunk makes."""
+
+    model: ModelSpec
+    chunk_tokens: int
+    tp: int
+    layout: str = "chunk"          # or "layer"
+
+    @property
+    def objects_per_chunk(self) -> int:
+        return self.model.layers if self.layout == "layer" else 1
+
+    @property
+    def payload_bytes(self) -> int:
+        """The KV bytes one object holds on one rank."""
+        per_chunk = self.chunk_tokens * self.model.bytes_per_token_per_rank(self.tp)
+        return per_chunk // self.objects_per_chunk
+
+    @property
+    def object_bytes(self) -> int:
+        """The bytes each object occupies and moves: rounded up to 4 KiB for O_DIRECT."""
+        return round_up(self.payload_bytes)
+
+    def object_keys(self, chunk_key_list: Sequence[int]) -> list[int]:
+        if self.layout == "chunk":
+            return list(chunk_key_list)
+        return [layer_key(k, layer) for k in chunk_key_list for layer in range(self.model.layers)]

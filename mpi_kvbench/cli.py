@@ -1,0 +1,177 @@
+"""Command line: ``run`` (the default), ``models``, ``calibrate``.
+
+Flags override the config file, which overrides the packaged defaults. Any mistake is
+one line on stderr, ``error: ...``, and exit status 2, printed once (by rank 0 under MPI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import warnings
+
+from mpi_kvbench import __version__
+from mpi_kvbench.errors import ConfigError, RunFailed
+
+# flag -> config key; a flag left unset changes nothing
+RUN_FLAGS = {
+    "model": "model.name",
+    "duration": "run.duration_s",
+    "max_requests": "run.max_requests",
+    "seed": "run.seed",
+    "results_dir": "run.results_dir",
+    "run_name": "run.run_name",
+    "cache_dir": "tiers.storage.path",
+    "gpu_mem_gb": "tiers.hbm.capacity_gb",
+    "cpu_mem_gb": "tiers.dram.capacity_gb",
+    "storage_capacity_gb": "tiers.storage.capacity_gb",
+    "tensor_parallel": "kv.tensor_parallel",
+    "chunk_tokens": "kv.chunk_tokens",
+    "io_depth": "io.io_depth",
+}
+
+
+def launch_rank() -> int:
+    """This process's rank from the launcher's environment, without starting MPI."""
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:   # one line, not usage + message
+        raise ConfigError(f"{message} (see --help)")
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="mpi_kvbench", description="Storage under LLM KV-cache offload, on MPI.")
+    p.add_argument("--version", action="version", version=f"mpi_kvbench {__version__}")
+    sub = p.add_subparsers(dest="command", parser_class=Parser)
+
+    run = sub.add_parser("run", help="run the benchmark (the default command)")
+    run.add_argument("--config", help="YAML workload file (see configs/)")
+    run.add_argument("--model", help="model key (see `models`)")
+    run.add_argument("--duration", type=float, metavar="SECONDS", help="measured phase length")
+    run.add_argument("--max-requests", type=int, metavar="N", help="requests per TP group")
+    run.add_argument("--seed", type=int)
+    run.add_argument("--results-dir", metavar="DIR", help="where runs land (default results/)")
+    run.add_argument("--run-name", metavar="NAME", help="run folder name (default a timestamp)")
+    run.add_argument("--cache-dir", metavar="PATH_TEMPLATE",
+                     help="storage tier path; {rank} {local_rank} {node} {host} {group} {run_id}")
+    run.add_argument("--gpu-mem-gb", type=float, metavar="X", help="HBM tier per rank")
+    run.add_argument("--cpu-mem-gb", type=float, metavar="X", help="DRAM tier per rank")
+    run.add_argument("--storage-capacity-gb", type=float, metavar="X", help="storage tier per rank")
+    run.add_argument("--tensor-parallel", type=int, metavar="T", help="ranks per TP group")
+    run.add_argument("--chunk-tokens", type=int, metavar="N", help="tokens per KV chunk")
+    run.add_argument("--io-depth", type=int, metavar="N", help="concurrent I/O per rank")
+    run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="any config key; repeatable")
+
+    models = sub.add_parser("models", help="list the model catalogue")
+    models.add_argument("--tensor-parallel", type=int, default=1, metavar="T")
+    models.add_argument("--config", help="also list the models this YAML file defines")
+    models.add_argument("--json", action="store_true", help="print JSON")
+
+    cal = sub.add_parser("calibrate", help="raw O_DIRECT bandwidth of a path")
+    cal.add_argument("--cache-dir", required=True, metavar="PATH")
+    cal.add_argument("--config", help="YAML file (object size and io_depth come from it)")
+    cal.add_argument("--size-gb", type=float, default=1.0, help="bytes to write, then read")
+    cal.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    cal.add_argument("--json", action="store_true", help="print JSON")
+    return p
+
+
+def overrides(args: argparse.Namespace) -> list[dict]:
+    from mpi_kvbench.config import parse_set
+
+    out = [parse_set(f"{key}={json.dumps(getattr(args, flag))}")
+           for flag, key in RUN_FLAGS.items() if getattr(args, flag, None) is not None]
+    return out + [parse_set(item) for item in args.set]
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from mpi_kvbench import config as cfgmod
+    from mpi_kvbench.models import CATALOGUE, resolve
+
+    user = (cfgmod.read_yaml(args.config).get("models") or {}) if args.config else {}
+    rows = []
+    for name in [*CATALOGUE, *user]:
+        m = resolve(name, user)
+        try:
+            m.check_tp(args.tensor_parallel)
+            per_rank = m.bytes_per_token_per_rank(args.tensor_parallel)
+        except ConfigError:
+            per_rank = None
+        rows.append({"model": name, "kind": m.kind, "layers": m.layers, "kv_heads": m.kv_heads,
+                     "head_dim": m.head_dim, "dtype": m.dtype, "bytes_per_token": m.bytes_per_token,
+                     "tensor_parallel": args.tensor_parallel, "bytes_per_token_per_rank": per_rank})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'model':24} {'kind':5} {'bytes/token':>12} {f'per rank @TP{args.tensor_parallel}':>16}")
+    for r in rows:
+        per = "n/a" if r["bytes_per_token_per_rank"] is None else f"{r['bytes_per_token_per_rank']:,}"
+        print(f"{r['model']:24} {r['kind']:5} {r['bytes_per_token']:>12,} {per:>16}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from mpi_kvbench import config as cfgmod
+    from mpi_kvbench.calibrate import calibrate
+    from mpi_kvbench.chunks import Geometry
+    from mpi_kvbench.context import RankContext
+    from mpi_kvbench.tiers.storage import StorageTier
+
+    over = [cfgmod.parse_set(i) for i in args.set]
+    cfg = cfgmod.load(args.config, over + [cfgmod.parse_set(f"tiers.storage.path={args.cache_dir}")])
+    if args.size_gb <= 0:
+        raise ConfigError("--size-gb: give a positive size")
+    geo = Geometry(cfg.model, cfg.kv.chunk_tokens, cfg.kv.tensor_parallel, cfg.kv.layout)
+    params = StorageTier.Params(path=args.cache_dir)
+    result = calibrate(params, RankContext(run_id="calibrate"), geo.object_bytes, cfg.io.io_depth,
+                       int(args.size_gb * 1e9))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{result['path']} ({result['fs_type']}, O_DIRECT {result['o_direct']}):"
+              f" write {result['write_gbps']:.3f} GB/s, read {result['read_gbps']:.3f} GB/s"
+              f" with {result['block_bytes'] / 2**20:.2f} MiB blocks, depth {result['io_depth']}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
+    from mpi_kvbench import config as cfgmod
+    from mpi_kvbench.run import execute
+
+    cfg = cfgmod.load(args.config, overrides(args))
+    return execute(cfg, shlex.join(["python", "-m", "mpi_kvbench", *argv]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+    parser = build_parser()
+    try:
+        commands = {"run", "models", "calibrate"}
+        if not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help", "--version")):
+            argv_run = ["run", *argv]
+        else:
+            argv_run = argv
+        args = parser.parse_args(argv_run)
+        if args.command == "models":
+            return cmd_models(args)
+        if args.command == "calibrate":
+            return cmd_calibrate(args)
+        return cmd_run(args, argv)
+    except ConfigError as err:
+        if launch_rank() == 0:
+            print(f"error: {err}", file=sys.stderr)
+        return 2
+    except RunFailed as err:   # every rank agreed on it; rank 0 says it
+        if launch_rank() == 0:
+            print(f"error: {err}", file=sys.stderr)
+        return 2 if err.config else 1

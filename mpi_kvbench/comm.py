@@ -1,0 +1,192 @@
+"""MPI, behind one small wrapper. The only module that imports mpi4py.
+
+``world()`` gives an MPI-backed ``Comm`` when mpi4py is installed (under mpirun or as a
+singleton) and a ``SerialComm`` otherwise, so a laptop without MPI still runs one rank.
+Everything else (engine, tiers, metrics) takes plain values and never sees MPI.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import numpy as np
+
+from mpi_kvbench.context import RankContext
+from mpi_kvbench.errors import ConfigError
+
+TAG_STOP = 7001        # "stop now": a rank failed, or the stonewall fell
+TAG_TRACE = 7002       # batches of requests from rank 0
+
+
+class SerialComm:
+    """A world of one rank: every collective is the identity."""
+
+    rank, size = 0, 1
+
+    def barrier(self) -> None:
+        pass
+
+    def bcast(self, obj: Any) -> Any:
+        return obj
+
+    def allgather(self, obj: Any) -> list:
+        return [obj]
+
+    def gather(self, obj: Any) -> list | None:
+        return [obj]
+
+    def allreduce(self, value: Any, op: str = "sum") -> Any:
+        return value
+
+    def reduce_array(self, arr: np.ndarray, op: str = "sum") -> np.ndarray | None:
+        return arr.copy()
+
+    def allreduce_array(self, arr: np.ndarray, op: str = "max") -> np.ndarray:
+        return arr.copy()
+
+    def gather_array(self, arr: np.ndarray) -> np.ndarray | None:
+        return arr[None, ...].copy()
+
+    def split(self, color: int, key: int) -> SerialComm:
+        return self
+
+    def node_comm(self) -> SerialComm:
+        return self
+
+    def send(self, obj: Any, dest: int, tag: int = TAG_TRACE) -> None:
+        raise RuntimeError("a world of one rank has nobody to send to")
+
+    def recv(self, source: int = 0, tag: int = TAG_TRACE) -> Any:
+        raise RuntimeError("a world of one rank has nobody to receive from")
+
+    def notify_stop(self, reason: str) -> None:
+        pass
+
+    def stop_requested(self) -> str | None:
+        return None
+
+    def drain(self) -> None:
+        pass
+
+    @property
+    def library(self) -> str:
+        return "none (serial)"
+
+
+class MpiComm(SerialComm):
+    """The same API over an mpi4py communicator."""
+
+    def __init__(self, comm: Any) -> None:
+        from mpi4py import MPI
+
+        self._MPI = MPI
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        self._ops = {"sum": MPI.SUM, "min": MPI.MIN, "max": MPI.MAX}
+        self._sent: list = []
+        self._stop_reason: str | None = None
+
+    def barrier(self) -> None:
+        self.comm.Barrier()
+
+    def bcast(self, obj: Any) -> Any:
+        return self.comm.bcast(obj, root=0)
+
+    def allgather(self, obj: Any) -> list:
+        return self.comm.allgather(obj)
+
+    def gather(self, obj: Any) -> list | None:
+        return self.comm.gather(obj, root=0)
+
+    def allreduce(self, value: Any, op: str = "sum") -> Any:
+        return self.comm.allreduce(value, op=self._ops[op])
+
+    def reduce_array(self, arr: np.ndarray, op: str = "sum") -> np.ndarray | None:
+        arr = np.ascontiguousarray(arr)
+        out = np.empty_like(arr) if self.rank == 0 else None
+        self.comm.Reduce(arr, out, op=self._ops[op], root=0)
+        return out
+
+    def allreduce_array(self, arr: np.ndarray, op: str = "max") -> np.ndarray:
+        arr = np.ascontiguousarray(arr)
+        out = np.empty_like(arr)
+        self.comm.Allreduce(arr, out, op=self._ops[op])
+        return out
+
+    def gather_array(self, arr: np.ndarray) -> np.ndarray | None:
+        arr = np.ascontiguousarray(arr)
+        out = np.empty((self.size, *arr.shape), dtype=arr.dtype) if self.rank == 0 else None
+        self.comm.Gather(arr, out, root=0)
+        return out
+
+    def split(self, color: int, key: int) -> MpiComm:
+        return MpiComm(self.comm.Split(color, key))
+
+    def node_comm(self) -> MpiComm:
+        return MpiComm(self.comm.Split_type(self._MPI.COMM_TYPE_SHARED, key=self.rank))
+
+    def send(self, obj: Any, dest: int, tag: int = TAG_TRACE) -> None:
+        self.comm.send(obj, dest=dest, tag=tag)
+
+    def recv(self, source: int = 0, tag: int = TAG_TRACE) -> Any:
+        return self.comm.recv(source=source, tag=tag)
+
+    def notify_stop(self, reason: str) -> None:
+        """Tells every other rank to stop (non-blocking); they see it in ``stop_requested``."""
+        self._stop_reason = self._stop_reason or reason
+        for dest in range(self.size):
+            if dest != self.rank:
+                self._sent.append(self.comm.isend(reason, dest=dest, tag=TAG_STOP))
+
+    def stop_requested(self) -> str | None:
+        """The first stop reason another rank sent, or None; a cheap Iprobe."""
+        if self._stop_reason is None and self.comm.Iprobe(source=self._MPI.ANY_SOURCE,
+                                                          tag=TAG_STOP):
+            self._stop_reason = self.comm.recv(source=self._MPI.ANY_SOURCE, tag=TAG_STOP)
+        return self._stop_reason
+
+    def drain(self) -> None:
+        """Completes sent stop notices and receives unread ones, so MPI finalizes cleanly."""
+        self.barrier()
+        while self.comm.Iprobe(source=self._MPI.ANY_SOURCE, tag=TAG_STOP):
+            self.comm.recv(source=self._MPI.ANY_SOURCE, tag=TAG_STOP)
+        for req in self._sent:
+            req.wait()
+        self._sent.clear()
+        self.barrier()
+
+    @property
+    def library(self) -> str:
+        return self._MPI.Get_library_version().splitlines()[0].strip()
+
+
+def world() -> SerialComm:
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return SerialComm()
+    return MpiComm(MPI.COMM_WORLD)
+
+
+def topology(comm: SerialComm, tp: int, run_id: str) -> tuple[RankContext, SerialComm]:
+    """This rank's place: TP group (a Split of consecutive ranks), node, local rank.
+
+    Returns the context and the TP-group communicator. The same error is raised on
+    every rank when TP does not divide the world size.
+    """
+    if comm.size % tp:
+        raise ConfigError(f"kv.tensor_parallel={tp} does not divide the {comm.size} ranks; use a"
+                          f" divisor of {comm.size} or start a multiple of {tp} ranks")
+    group, tp_rank = divmod(comm.rank, tp)
+    group_comm = comm.split(group, tp_rank)
+    node_comm = comm.node_comm()
+    leaders = comm.allgather(comm.rank if node_comm.rank == 0 else -1)
+    node_leader = node_comm.bcast(comm.rank if node_comm.rank == 0 else None)
+    node_ids = sorted(r for r in leaders if r >= 0)
+    ctx = RankContext(rank=comm.rank, world_size=comm.size, local_rank=node_comm.rank,
+                      node=node_ids.index(node_leader), nodes=len(node_ids), group=group,
+                      replicas=comm.size // tp, tp_rank=tp_rank, tp_size=tp, run_id=run_id,
+                      host=socket.gethostname())
+    return ctx, group_comm

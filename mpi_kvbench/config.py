@@ -1,0 +1,335 @@
+"""Typed, validated configuration: defaults <- YAML file <- command-line overrides.
+
+Every mistake becomes a ConfigError whose one line names the field and the fix; nothing
+is created or written before the whole configuration has been validated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import string
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mpi_kvbench.errors import ConfigError
+from mpi_kvbench.models import MLA_MODES, ModelSpec, resolve
+
+TIER_LEVELS = ("hbm", "dram", "storage")
+PATH_FIELDS = {"{rank}", "{local_rank}", "{node}", "{host}", "{group}", "{run_id}"}
+UNSAFE_ROOTS = ("/etc", "/usr", "/bin", "/sbin", "/boot", "/proc", "/sys", "/dev", "/lib",
+                "/lib32", "/lib64", "/libx32", "/run", "/var/lib", "/var/run", "/snap")
+
+
+@dataclass(frozen=True)
+class RunSection:
+    seed: int = 42
+    duration_s: float = 30.0
+    max_requests: int = 0
+    warmup_s: float = 0.0
+    stonewall: bool = False
+    results_dir: str = "results"
+    run_name: str = ""
+    calibrate: bool = False
+    calibrate_gb: float = 1.0
+
+    def check(self) -> None:
+        _non_negative(self, "run", ("duration_s", "max_requests", "warmup_s"))
+        _positive(self, "run", ("calibrate_gb",))
+        if self.duration_s == 0 and self.max_requests == 0:
+            raise ConfigError("run.duration_s and run.max_requests are both 0: set one of them")
+        if "/" in self.run_name or self.run_name in (".", ".."):
+            raise ConfigError(f"run.run_name={self.run_name!r}: use a plain name without '/'")
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    name: str = "llama3.1-8b"
+
+
+@dataclass(frozen=True)
+class KVSection:
+    chunk_tokens: int = 256
+    tensor_parallel: int = 1
+    mla_mode: str = "replica_per_rank"
+    layout: str = "chunk"
+
+    def check(self) -> None:
+        _positive(self, "kv", ("chunk_tokens", "tensor_parallel"))
+        _choice(self, "kv", "mla_mode", MLA_MODES)
+        _choice(self, "kv", "layout", ("chunk", "layer"))
+
+
+@dataclass(frozen=True)
+class EngineSection:
+    decode_mode: str = "end"
+    decode_batch: int = 32
+    prefill_tokens_per_s: float = 0.0
+    time_per_output_token_ms: float = 0.0
+    promotion: str = "none"
+    policy: str = "lru"
+    high_watermark: float = 0.95
+    low_watermark: float = 0.85
+
+    def check(self) -> None:
+        _choice(self, "engine", "decode_mode", ("end", "reference"))
+        _choice(self, "engine", "promotion", ("none", "hbm"))
+        _positive(self, "engine", ("decode_batch",))
+        _non_negative(self, "engine", ("prefill_tokens_per_s", "time_per_output_token_ms"))
+        if not 0 < self.low_watermark <= self.high_watermark <= 1:
+            raise ConfigError(
+                "engine.low_watermark/high_watermark: need 0 < low <= high <= 1"
+                f" (got {self.low_watermark}, {self.high_watermark})")
+
+
+@dataclass(frozen=True)
+class IOSection:
+    io_depth: int = 8
+    payload: str = "fresh"
+    verify: bool = False
+
+    def check(self) -> None:
+        _positive(self, "io", ("io_depth",))
+        _choice(self, "io", "payload", ("fresh", "reuse"))
+
+
+@dataclass(frozen=True)
+class TierSpec:
+    """One tier level: its plug-in kind, capacity per rank, and the plug-in's own params."""
+
+    level: str
+    kind: str
+    capacity_bytes: int
+    params: Any
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunSection
+    model: ModelSpec
+    kv: KVSection
+    engine: EngineSection
+    io: IOSection
+    workload_kind: str
+    workload: Any
+    tiers: tuple[TierSpec, ...]
+    raw: dict = field(repr=False)
+
+    @property
+    def text(self) -> str:
+        """The resolved configuration as YAML, stored in the result."""
+        return yaml.safe_dump(self.raw, sort_keys=False)
+
+
+SECTIONS = {"run": RunSection, "model": ModelSection, "kv": KVSection,
+            "engine": EngineSection, "io": IOSection}
+TOP_KEYS = (*SECTIONS, "models", "workload", "tiers")
+
+
+def default_dict() -> dict:
+    text = resources.files("mpi_kvbench").joinpath("default.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def read_yaml(path: str) -> dict:
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file; give the path of a YAML file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"--config {path}:{where} is not valid YAML; fix the syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: the top level must be a mapping of sections")
+    return data
+
+
+def merge(base: dict, over: dict, where: str = "") -> dict:
+    """Deep-merges ``over`` into a copy of ``base``; unknown keys are refused with a hint."""
+    out = dict(base)
+    for key, value in over.items():
+        name = f"{where}{key}"
+        free = where.startswith(("models.", "tiers.", "workload."))
+        if key not in base and not free:
+            _unknown(name, key, base)
+        old = base.get(key)
+        if isinstance(value, dict) and isinstance(old, dict) and value.get("kind") in (
+                None, old.get("kind")):
+            out[key] = merge(base[key], value, f"{name}.")
+        else:
+            out[key] = value
+    return out
+
+
+def parse_set(item: str) -> dict:
+    """``section.key=value`` -> nested dict; the value is parsed as YAML (numbers, bools)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key or "." not in key:
+        raise ConfigError(f"--set {item!r}: write it as section.key=value, e.g. io.io_depth=16")
+    out: dict = {}
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    try:
+        node[parts[-1]] = yaml.safe_load(value) if value else ""
+    except yaml.YAMLError:
+        node[parts[-1]] = value
+    return out
+
+
+def load(path: str | None = None, overrides: list[dict] | None = None) -> Config:
+    """Defaults, then the file, then each override; returns a validated Config."""
+    raw = default_dict()
+    if path:
+        raw = merge(raw, read_yaml(path))
+    for over in overrides or []:
+        raw = merge(raw, over)
+    return validate(raw)
+
+
+def validate(raw: dict) -> Config:
+    from mpi_kvbench.registry import TIERS, WORKLOADS
+
+    for key in raw:
+        if key not in TOP_KEYS:
+            _unknown(key, key, TOP_KEYS)
+    sections = {name: build_dataclass(cls, raw.get(name) or {}, name)
+                for name, cls in SECTIONS.items()}
+    for sec in sections.values():
+        if hasattr(sec, "check"):
+            sec.check()
+    model = resolve(sections["model"].name, raw.get("models") or {})
+    kv = sections["kv"]
+    model.check_tp(kv.tensor_parallel)
+
+    wl = dict(raw.get("workload") or {})
+    wl_kind = wl.pop("kind", "synthetic")
+    workload = WORKLOADS.params(_kind(wl_kind, "workload.kind"), wl, "workload")
+
+    tiers_raw = raw.get("tiers") or {}
+    if not isinstance(tiers_raw, dict):
+        raise ConfigError("tiers: expected a mapping hbm/dram/storage -> {kind, capacity_gb, ...}")
+    tiers = []
+    for level, sec in tiers_raw.items():
+        if level not in TIER_LEVELS:
+            _unknown(f"tiers.{level}", level, TIER_LEVELS)
+        sec = dict(sec or {})
+        kind = _kind(sec.pop("kind", level), f"tiers.{level}.kind")
+        cap = sec.pop("capacity_gb", 0)
+        if isinstance(cap, bool) or not isinstance(cap, int | float) or cap < 0:
+            raise ConfigError(f"tiers.{level}.capacity_gb={cap!r}: give a size in GB >= 0")
+        params = TIERS.params(kind, sec, f"tiers.{level}")
+        if cap > 0:
+            tiers.append(TierSpec(level, kind, int(cap * 1e9), params))
+    tiers.sort(key=lambda t: TIER_LEVELS.index(t.level))
+    if not tiers:
+        raise ConfigError("tiers: every capacity_gb is 0; give at least one tier a capacity")
+
+    run = sections["run"]
+    check_path(run.results_dir, "run.results_dir")
+    for t in tiers:
+        if getattr(t.params, "path", ""):
+            check_path(t.params.path, f"tiers.{t.level}.path")
+    return Config(run=run, model=model, kv=kv, engine=sections["engine"], io=sections["io"],
+                  workload_kind=wl_kind, workload=workload, tiers=tuple(tiers), raw=raw)
+
+
+def build_dataclass(cls: type, section: Any, where: str) -> Any:
+    """Builds a frozen dataclass from a mapping, checking names and types field by field."""
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings, got {section!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in section.items():
+        if key not in names:
+            _unknown(f"{where}.{key}", key, names)
+        values[key] = _coerce(value, hints[key], f"{where}.{key}")
+    obj = cls(**values)
+    if hasattr(obj, "check"):
+        obj.check()
+    return obj
+
+
+def check_path(template: str, name: str) -> None:
+    """Refuses system directories, unknown placeholders and paths nobody can write."""
+    fields = {f"{{{f}}}" for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    bad = fields - PATH_FIELDS
+    if bad:
+        raise ConfigError(
+            f"{name}={template!r}: unknown placeholder {sorted(bad)[0]}; valid: "
+            + ", ".join(sorted(PATH_FIELDS)))
+    fixed = template.split("{", 1)[0]
+    if not fixed:
+        fixed = "."
+    path = Path(os.path.abspath(os.path.expanduser(fixed)))
+    unsafe = str(path) == "/" or any(
+        str(path) == root or str(path).startswith(root + "/") for root in UNSAFE_ROOTS)
+    if unsafe:
+        raise ConfigError(f"{name}={template!r} is a system directory; choose a directory of your own")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{name}={template!r}: {probe} is not a writable directory;"
+                          " choose one you can write")
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in kinds:
+        return None
+    if isinstance(value, bool) and bool not in kinds:
+        raise ConfigError(f"{where}={value!r}: expected {_hint_name(hint)}, not a boolean")
+    for kind in kinds:
+        if kind is float and isinstance(value, int | float):
+            return float(value)
+        if kind in (int, str, bool) and isinstance(value, kind):
+            return value
+        if kind is dict and isinstance(value, dict):
+            return value
+    raise ConfigError(f"{where}={value!r}: expected {_hint_name(hint)}")
+
+
+def _hint_name(hint: Any) -> str:
+    kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    return " or ".join(getattr(k, "__name__", str(k)) for k in kinds)
+
+
+def _kind(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}={value!r}: expected a plug-in name")
+    return value
+
+
+def _unknown(name: str, key: str, valid: Any) -> None:
+    close = difflib.get_close_matches(str(key), [str(v) for v in valid], n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(map(str, valid))}"
+    raise ConfigError(f"{name}: unknown setting; {hint}")
+
+
+def _positive(obj: Any, section: str, names: tuple[str, ...]) -> None:
+    for n in names:
+        if getattr(obj, n) <= 0:
+            raise ConfigError(f"{section}.{n}={getattr(obj, n)!r}: must be greater than 0")
+
+
+def _non_negative(obj: Any, section: str, names: tuple[str, ...]) -> None:
+    for n in names:
+        if getattr(obj, n) < 0:
+            raise ConfigError(f"{section}.{n}={getattr(obj, n)!r}: must not be negative")
+
+
+def _choice(obj: Any, section: str, name: str, valid: tuple[str, ...]) -> None:
+    if getattr(obj, name) not in valid:
+        raise ConfigError(f"{section}.{name}={getattr(obj, name)!r}: use one of {', '.join(valid)}")

@@ -1,0 +1,35 @@
+"""Who this rank is, and the path templates that expand per rank. Free of MPI."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RankContext:
+    """The identity of one rank; tiers and the engine get it instead of reading globals."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    node: int = 0
+    nodes: int = 1
+    group: int = 0          # TP group (data-parallel replica) index
+    replicas: int = 1       # number of TP groups
+    tp_rank: int = 0        # rank inside its TP group
+    tp_size: int = 1
+    run_id: str = "run"
+    host: str = socket.gethostname()
+
+    def expand(self, template: str) -> str:
+        """Fills {rank}, {local_rank}, {node}, {host}, {group}, {run_id} in a path template."""
+        return os.path.expanduser(template.format(
+            rank=self.rank, local_rank=self.local_rank, node=self.node, host=self.host,
+            group=self.group, run_id=self.run_id))
+
+    def scratch_dir(self) -> str:
+        """Where a tier with no path puts its files: a fresh directory in the temp dir."""
+        return os.path.join(tempfile.gettempdir(), f"mpi_kvbench-{self.run_id}", f"rank{self.rank}")

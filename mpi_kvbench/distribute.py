@@ -1,0 +1,61 @@
+"""Which replica (TP group) serves which request.
+
+A user's requests all go to one replica (``user % replicas``), so a conversation's
+prefix reuse stays where its KV is. Every rank of a TP group gets the same requests.
+
+Partitionable workloads (synthetic users) generate each replica's share on its own
+ranks, with no messages. Trace files are read once, on rank 0, and sent to the ranks of
+each group in batches of ``BATCH`` requests, so no message is giant and rank 0 holds
+only one batch per replica at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from mpi_kvbench.comm import SerialComm
+from mpi_kvbench.context import RankContext
+from mpi_kvbench.workloads.base import Request, Workload
+
+BATCH = 2000
+
+
+def replica_requests(workload: Workload, ctx: RankContext, comm: SerialComm) -> Iterator[Request]:
+    """This rank's requests, in trace order."""
+    if workload.partitionable:
+        return workload.requests(ctx.group, ctx.replicas)
+    if comm.size == 1:
+        return workload.requests()
+    if comm.rank == 0:
+        mine = _scatter(workload, ctx, comm)
+    else:
+        mine = []
+        while (batch := comm.recv(source=0)) is not None:
+            mine.extend(batch)
+    return iter(mine)
+
+
+def _scatter(workload: Workload, ctx: RankContext, comm: SerialComm) -> list[Request]:
+    tp = ctx.tp_size
+    pending: list[list[Request]] = [[] for _ in range(ctx.replicas)]
+    mine: list[Request] = []
+
+    def flush(group: int) -> None:
+        for dest in range(group * tp, (group + 1) * tp):
+            if dest == 0:
+                mine.extend(pending[group])
+            else:
+                comm.send(pending[group], dest)
+        pending[group] = []
+
+    for req in workload.requests():
+        group = req.user % ctx.replicas
+        pending[group].append(req)
+        if len(pending[group]) >= BATCH:
+            flush(group)
+    for group in range(ctx.replicas):
+        flush(group)
+        for dest in range(group * tp, (group + 1) * tp):
+            if dest != 0:
+                comm.send(None, dest)
+    return mine

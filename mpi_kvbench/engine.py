@@ -1,0 +1,270 @@
+"""The per-rank engine: serves requests in trace order against this rank's tiers.
+
+A TP group serves its requests one at a time, first come first served, each request's
+chunk I/O running ``io_depth`` deep. Planning (lookups, placement, eviction) is done in
+trace order before any I/O, so the same trace gives the same operations on every run;
+a request's latency is measured from its intended arrival, so a device that cannot keep
+up shows queueing instead of hiding it (no coordinated omission).
+
+Per request:
+  prefill  look up the prompt's chunk chain; the longest prefix held anywhere is a hit.
+           Demote what must make room, read the hits (promoting them when asked), then
+           write the prompt's missing chunks (after simulated compute, if any).
+  decode   optional simulated time per token; in ``reference`` mode the request's KV is
+           re-read every ``decode_batch`` tokens. At the end the new full chunks
+           (prompt tail plus output) are written for the next turn. A partial last
+           chunk stays in HBM and is never written.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mpi_kvbench.cache import Hierarchy, Move, Plan, watermark_levels
+from mpi_kvbench.chunks import Geometry, chunk_keys
+from mpi_kvbench.config import Config
+from mpi_kvbench.iopool import MOVE, READ, WRITE, Done, IOPool, Op
+from mpi_kvbench.metrics import Metrics
+from mpi_kvbench.payload import PayloadSource
+from mpi_kvbench.registry import POLICIES
+from mpi_kvbench.tiers.base import Tier
+from mpi_kvbench.workloads.base import Request
+
+
+@dataclass
+class RequestLog:
+    """Per-request shard times of this rank (ns), kept for the TP-group max at the end."""
+
+    index: list[int] = field(default_factory=list)
+    e2e_ns: list[int] = field(default_factory=list)
+    prefill_ns: list[int] = field(default_factory=list)
+    qos: list[str] = field(default_factory=list)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return (np.asarray(self.index, dtype=np.int64), np.asarray(self.e2e_ns, dtype=np.int64),
+                np.asarray(self.prefill_ns, dtype=np.int64))
+
+
+class Engine:
+    """One rank's cache hierarchy, I/O pool and request loop; testable without MPI."""
+
+    def __init__(self, cfg: Config, tiers: Sequence[Tier]) -> None:
+        self.cfg = cfg
+        self.tiers = list(tiers)
+        self.names = [t.level for t in cfg.tiers]
+        self.geometry = Geometry(cfg.model, cfg.kv.chunk_tokens, cfg.kv.tensor_parallel,
+                                 cfg.kv.layout)
+        obj = self.geometry.object_bytes
+        policy = POLICIES.load(cfg.engine.policy)
+        levels = watermark_levels(self.names, [t.slots for t in self.tiers],
+                                  cfg.engine.high_watermark, cfg.engine.low_watermark,
+                                  [policy() for _ in self.tiers])
+        self.cache = Hierarchy(levels, obj)
+        self.payload = PayloadSource(obj, cfg.io.io_depth, cfg.io.payload)
+        self.pool = IOPool(self.tiers, obj, cfg.io.io_depth, self.payload, cfg.io.verify)
+        self.metrics = Metrics()
+        self.log = RequestLog()
+        self.phase_start_ns = time.perf_counter_ns()
+        self._user_done_ns: dict[int, int] = {}
+        self._seq = 0
+        self._stop: Callable[[], object] = lambda: None
+        self.completed = 0
+        self.peak_used = [0] * len(self.tiers)
+
+    # -- phases -----------------------------------------------------------------------
+    def start_phase(self, start_ns: int) -> None:
+        """Starts a fresh measurement (after set-up or warm-up) at the agreed ``start_ns``."""
+        self.metrics = Metrics()
+        self.log = RequestLog()
+        self.phase_start_ns = start_ns
+        self._user_done_ns.clear()
+        self.completed = 0
+
+    def replay(self, requests: Iterator[Request], deadline_ns: int | None = None,
+               max_requests: int = 0, stop: Callable[[], object] = lambda: None,
+               progress: Callable[[Engine], None] | None = None) -> str:
+        """Serves requests until a limit; says which: "share" (trace or max_requests
+        done), "deadline" or "stopped" (``stop()`` returned something true)."""
+        self._stop = stop
+        for req in requests:
+            if max_requests and self.completed >= max_requests:
+                return "share"
+            if deadline_ns is not None and time.perf_counter_ns() >= deadline_ns:
+                return "deadline"
+            if stop():
+                return "stopped"
+            if not self.serve(req, deadline_ns):
+                return "stopped" if stop() else "deadline"
+            if progress is not None:
+                progress(self)
+        return "share"
+
+    # -- one request --------------------------------------------------------------------
+    def serve(self, req: Request, deadline_ns: int | None = None) -> bool:
+        """Serves one request; False when its intended arrival falls after the deadline."""
+        cfg, m = self.cfg, self.metrics
+        intended = self._intended_ns(req)
+        if deadline_ns is not None and intended >= deadline_ns:
+            return False
+        while (now := time.perf_counter_ns()) < intended:   # wait in slices: stay stoppable
+            if self._stop():
+                return False
+            time.sleep(min(0.2, (intended - now) / 1e9))
+        start = now
+        self.cache.now = (start - self.phase_start_ns) / 1e9
+
+        # prefill
+        ct = cfg.kv.chunk_tokens
+        chunks = chunk_keys(req.segments, ct)
+        keys = self.geometry.object_keys(chunks)
+        hits = self.cache.lookup(keys)
+        self._count_lookups(len(chunks), hits)
+        promote = [k for k, e in hits if e.level > 0] if cfg.engine.promotion == "hbm" else []
+        promoted = set(promote)
+        reads = [Op(READ, k, e.level, e.slot, crc=e.checksum) for k, e in hits if k not in promoted]
+        new = [k for k in keys[len(hits):] if k not in self.cache]
+        plan = self.cache.place(new, pinned={k for k, _ in hits}, promote=promote)
+        storage_ns = self._demote(plan)
+        reads += [self._move_op(mv) for mv in plan.promotions]
+        storage_ns += self._stage(reads, "prefill")
+        hit_tokens = len(hits) // self.geometry.objects_per_chunk * ct
+        if cfg.engine.prefill_tokens_per_s > 0:
+            time.sleep((req.prompt_tokens - hit_tokens) / cfg.engine.prefill_tokens_per_s)
+        storage_ns += self._stage(self._write_ops(plan), "prefill")
+        prefill_done = time.perf_counter_ns()
+
+        # decode
+        if cfg.engine.decode_mode == "reference":
+            for _ in range(req.output_tokens // cfg.engine.decode_batch):
+                held = self.cache.lookup(keys)
+                self._stage([Op(READ, k, e.level, e.slot, crc=e.checksum) for k, e in held],
+                            "decode")
+        if cfg.engine.time_per_output_token_ms > 0:
+            time.sleep(req.output_tokens * cfg.engine.time_per_output_token_ms / 1e3)
+        after = self.geometry.object_keys(chunk_keys(req.context_after(), ct))
+        new = [k for k in after if k not in self.cache]
+        held = {k for k in after if k in self.cache}
+        plan = self.cache.place(new, pinned=held)
+        self._demote(plan)
+        self._stage(self._write_ops(plan), "decode")
+        done = time.perf_counter_ns()
+
+        self._user_done_ns[req.user] = done
+        self.completed += 1
+        t = (done - self.phase_start_ns) / 1e9
+        m.record("request.e2e", done - intended)
+        m.record("request.queue", start - intended)
+        m.record("request.prefill_storage", storage_ns)
+        m.record("request.ttft_proxy", prefill_done - intended)
+        m.record(f"qos.{req.qos}.e2e", done - intended)
+        m.record(f"qos.{req.qos}.prefill_storage", storage_ns)
+        m.add("requests_completed")
+        m.add(f"qos.{req.qos}.requests")
+        m.add("prompt_tokens", req.prompt_tokens)
+        m.add("output_tokens", req.output_tokens)
+        m.tick("requests", t)
+        m.peak("queue_delay_ms_max", t, (start - intended) / 1e6)
+        self.log.index.append(req.index)
+        self.log.e2e_ns.append(done - intended)
+        self.log.prefill_ns.append(storage_ns)
+        self.log.qos.append(req.qos)
+        return True
+
+    def _intended_ns(self, req: Request) -> int:
+        if req.think_s is not None and req.user in self._user_done_ns:
+            return self._user_done_ns[req.user] + int(req.think_s * 1e9)
+        return self.phase_start_ns + int(req.arrival_s * 1e9)
+
+    def _count_lookups(self, n_chunks: int, hits: list) -> None:
+        m, per = self.metrics, self.geometry.objects_per_chunk
+        m.add("chunk_lookups", n_chunks)
+        m.add("chunk_hits", len(hits) // per)
+        t = (time.perf_counter_ns() - self.phase_start_ns) / 1e9
+        m.tick("chunk_lookups", t, n_chunks)
+        m.tick("chunk_hits", t, len(hits) // per)
+        for i in range(0, len(hits) - len(hits) % per, per):
+            name = self.names[hits[i][1].level]
+            m.add(f"{name}.chunk_hits")
+            m.add(f"{name}.tokens_hit", self.cfg.kv.chunk_tokens)
+
+    # -- carrying out plans --------------------------------------------------------------
+    def _move_op(self, mv: Move) -> Op:
+        entry = self.cache.index[mv.key]
+        return Op(MOVE, mv.key, mv.src_level, mv.src_slot, mv.dst_level, mv.dst_slot,
+                  crc=entry.checksum)
+
+    def _write_ops(self, plan: Plan) -> list[Op]:
+        ops = []
+        for p in plan.placements:
+            self._seq += 1
+            ops.append(Op(WRITE, p.key, dst=p.level, dst_slot=p.slot, seq=self._seq))
+        return ops
+
+    def _demote(self, plan: Plan) -> int:
+        """Runs the plan's demotion stages (deepest tier first); drops need no I/O."""
+        self.peak_used = [max(a, b) for a, b in zip(self.peak_used, self.cache.used_bytes(),
+                                                      strict=True)]
+        total = 0
+        for stage in plan.stages:
+            ops = []
+            for mv in stage:
+                if mv.dst_level is None:
+                    self.metrics.add(f"{self.names[mv.src_level]}.drops")
+                else:
+                    ops.append(self._move_op(mv))
+            total += self._stage(ops, "demote")
+        return total
+
+    def _stage(self, ops: list[Op], phase: str) -> int:
+        """Runs ops concurrently, records every figure, returns the stage's wall time (ns)."""
+        if not ops:
+            return 0
+        t0 = time.perf_counter_ns()
+        results = self.pool.run(ops)
+        wall = time.perf_counter_ns() - t0
+        self._record(ops, results, phase)
+        return wall
+
+    def _record(self, ops: list[Op], results: list[Done], phase: str) -> None:
+        m, names = self.metrics, self.names
+        span: dict[str, list[int]] = {}
+        for op, d in zip(ops, results, strict=True):
+            t = (d.end - self.phase_start_ns) / 1e9
+            if op.kind in (READ, MOVE):
+                self._record_io(names[op.src], "read", phase, d.read_ns, d.read_bytes, t)
+                span.setdefault(names[op.src], []).extend((d.start, d.start + d.read_ns))
+                if not d.ok:
+                    m.add("verify_mismatches")
+                if self.cfg.io.verify:
+                    m.add("verify_checked")
+            if op.kind in (WRITE, MOVE):
+                self._record_io(names[op.dst], "write", phase, d.write_ns, d.write_bytes, t)
+                span.setdefault(names[op.dst], []).extend((d.end - d.write_ns, d.end))
+            if op.kind == MOVE:
+                kind = "demotion" if op.dst > op.src else "promotion"
+                m.record(f"{kind}.{names[op.src]}", d.end - d.start)
+                m.add(f"{kind}s")
+                m.add(f"{kind}_bytes", d.write_bytes)
+            if op.kind == WRITE:
+                entry = self.cache.index.get(op.key)
+                if entry is not None:
+                    entry.checksum = d.crc
+        for name, times in span.items():   # busy time: the span of this stage's ops per tier
+            m.add(f"{name}.busy_ns", max(times) - min(times))
+
+    def _record_io(self, tier: str, op: str, phase: str, ns: int, nbytes: int, t: float) -> None:
+        m = self.metrics
+        m.record(f"{tier}.{op}.{phase}", ns)
+        m.add(f"{tier}.{op}_bytes", nbytes)
+        m.add(f"{tier}.{op}_ops")
+        m.tick(f"{tier}.{op}_bytes", t, nbytes)
+        m.tick(f"{tier}.{op}_ops", t)
+
+    def close(self) -> None:
+        self.pool.close()
+        self.payload.close()
+

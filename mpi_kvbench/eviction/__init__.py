@@ -1,0 +1,1 @@
+"""Eviction policies: a policy orders keys and nominates victims; see eviction/base.py."""

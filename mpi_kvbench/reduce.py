@@ -1,0 +1,115 @@
+"""End-of-run reductions: every rank's metrics into one data set on rank 0.
+
+Nothing here runs on the per-request path. Histograms are summed element-wise (exact
+pooled percentiles) and also gathered per rank; counters are gathered per rank (the sum
+is the merged figure); time series are gathered per rank, padded to the longest. The
+cost grows with ranks x buckets, never with the number of requests: a TP group's
+per-request maximum is taken inside the group first and only its histogram travels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mpi_kvbench.comm import SerialComm
+from mpi_kvbench.engine import RequestLog
+from mpi_kvbench.metrics import N_BUCKETS, Histogram, Metrics
+
+
+@dataclass
+class Collected:
+    """Everything rank 0 needs to write the result (None elsewhere)."""
+
+    hist_names: list[str]
+    merged: np.ndarray                # [H, B] int64
+    merged_min_ns: np.ndarray         # [H]
+    merged_max_ns: np.ndarray
+    merged_sum_ns: np.ndarray
+    per_rank: np.ndarray              # [N, H, B]
+    counter_names: list[str]
+    counters: np.ndarray              # [N, C]
+    series_names: list[str]
+    series: np.ndarray                # [N, S, T]
+    elapsed_ns: np.ndarray            # [N] each rank's measured-phase length
+    env: list[dict]
+    errors: list[str] = field(default_factory=list)
+
+    def hist(self, name: str) -> Histogram:
+        i = self.hist_names.index(name)
+        return Histogram(self.merged[i], int(self.merged_min_ns[i]), int(self.merged_max_ns[i]),
+                         int(self.merged_sum_ns[i]))
+
+    def counter(self, name: str) -> int:
+        if name not in self.counter_names:
+            return 0
+        return int(self.counters[:, self.counter_names.index(name)].sum())
+
+
+def group_latency(group: SerialComm, log: RequestLog, metrics: Metrics) -> None:
+    """Adds the TP group's per-request latency (max over its shards) to the leader's metrics.
+
+    Every rank of a group served the same requests in the same order; the common prefix
+    of what they all completed is compared element-wise with one Reduce(MAX).
+    """
+    index, e2e, prefill = log.arrays()
+    n = group.allreduce(len(index), op="min")
+    both = np.stack([e2e[:n], prefill[:n]]) if n else np.zeros((2, 0), dtype=np.int64)
+    worst = group.reduce_array(both, op="max")
+    if group.rank != 0:
+        return
+    for name, row in (("group.e2e", worst[0]), ("group.prefill_storage", worst[1])):
+        h = metrics.hist.setdefault(name, Histogram())
+        h.record_many(row)
+    qos = np.asarray(log.qos[:n])
+    for cls in sorted(set(log.qos[:n])):
+        metrics.hist.setdefault(f"group.qos.{cls}.e2e", Histogram()).record_many(worst[0][qos == cls])
+    metrics.add("group.requests_completed", n)
+
+
+def collect(comm: SerialComm, metrics: Metrics, elapsed_ns: int, env: dict,
+            error: str | None) -> Collected | None:
+    """Reduces every rank's metrics to rank 0; returns the data there, None elsewhere."""
+    hist_names = _union(comm, metrics.hist)
+    counter_names = _union(comm, metrics.counters)
+    series_names = _union(comm, metrics.series)
+
+    empty = Histogram()
+    hs = [metrics.hist.get(n, empty) for n in hist_names]
+    counts = np.stack([h.counts for h in hs]) if hs else np.zeros((0, N_BUCKETS), np.int64)
+    mins = np.array([h.min_ns for h in hs], dtype=np.int64)
+    maxs = np.array([h.max_ns for h in hs], dtype=np.int64)
+    sums = np.array([h.sum_ns for h in hs], dtype=np.int64)
+    merged = comm.reduce_array(counts, "sum")
+    mmin, mmax, msum = (comm.reduce_array(mins, "min"), comm.reduce_array(maxs, "max"),
+                        comm.reduce_array(sums, "sum"))
+    per_rank = comm.gather_array(counts)
+    counters = comm.gather_array(np.array([metrics.counters.get(n, 0) for n in counter_names],
+                                          dtype=np.int64))
+    length = comm.allreduce(max((a.size for a in metrics.series.values()), default=0), op="max")
+    series = np.zeros((len(series_names), length))
+    for i, n in enumerate(series_names):
+        if n in metrics.series:
+            used = metrics.series[n][:length]
+            series[i, : used.size] = used
+    series_all = comm.gather_array(series)
+    elapsed = comm.gather_array(np.array([elapsed_ns], dtype=np.int64))
+    envs = comm.gather(env)
+    errors = comm.gather(error)
+    if comm.rank != 0:
+        return None
+    last = _trim(series_all)
+    return Collected(hist_names, merged, mmin, mmax, msum, per_rank, counter_names, counters,
+                     series_names, series_all[:, :, :last], elapsed[:, 0], envs,
+                     [e for e in errors if e])
+
+
+def _union(comm: SerialComm, names: dict) -> list[str]:
+    return sorted(set().union(*comm.allgather(sorted(names))))
+
+
+def _trim(series: np.ndarray) -> int:
+    """Drops trailing seconds that no rank touched."""
+    used = np.nonzero(series.reshape(-1, series.shape[-1]).any(axis=0))[0]
+    return int(used[-1]) + 1 if used.size else 0

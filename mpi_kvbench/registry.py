@@ -1,0 +1,92 @@
+"""Plug-ins by name: tiers, eviction policies and workloads (request sources).
+
+Built-ins are a literal name -> "module:Class" table, imported only when chosen, so an
+optional dependency (torch for a real HBM tier) loads only when used. Third parties add
+plug-ins through the entry-point groups ``mpi_kvbench.tiers``, ``mpi_kvbench.policies``
+and ``mpi_kvbench.workloads``; a name that collides with a built-in is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+from importlib.metadata import entry_points
+from typing import Any
+
+from mpi_kvbench.errors import ConfigError
+
+
+class Registry:
+    """A name -> plug-in class table of one kind."""
+
+    def __init__(self, kind: str, builtins: dict[str, str], required: tuple[str, ...]) -> None:
+        self.kind = kind
+        self._targets = dict(builtins)
+        self._required = required
+        for ep in entry_points(group=f"mpi_kvbench.{kind}"):
+            if ep.name in self._targets:
+                raise ConfigError(f"plug-in {ep.value} tries to replace built-in {kind} {ep.name!r}")
+            self._targets[ep.name] = ep.value
+
+    def names(self) -> list[str]:
+        return sorted(self._targets)
+
+    def load(self, name: str) -> type:
+        """Imports a plug-in class and checks that it has every required operation."""
+        if name not in self._targets:
+            close = difflib.get_close_matches(name, self._targets, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"unknown {self.kind} {name!r}{hint}; valid: {', '.join(self.names())}")
+        module_name, _, attr = self._targets[name].partition(":")
+        try:
+            cls = getattr(importlib.import_module(module_name), attr)
+        except ImportError as exc:
+            raise ConfigError(
+                f"{self.kind} {name!r} needs {exc.name}; install it (pip install -e '.[gpu]' for"
+                " torch)") from None
+        missing = [op for op in self._required if not callable(getattr(cls, op, None))]
+        if missing:
+            raise ConfigError(f"{self.kind} {name!r} lacks {', '.join(missing)}")
+        return cls
+
+    def describe(self, name: str) -> str:
+        doc = self.load(name).__doc__ or ""
+        return doc.strip().splitlines()[0] if doc.strip() else ""
+
+    def params(self, name: str, section: dict[str, Any], where: str) -> Any:
+        """Builds the plug-in's ``Params`` dataclass from its config section (minus ``kind``)."""
+        from mpi_kvbench.config import build_dataclass
+
+        cls = self.load(name)
+        return build_dataclass(cls.Params, section, where)
+
+
+TIERS = Registry(
+    "tiers",
+    {
+        "hbm": "mpi_kvbench.tiers.hbm:HbmTier",
+        "dram": "mpi_kvbench.tiers.dram:DramTier",
+        "storage": "mpi_kvbench.tiers.storage:StorageTier",
+        "null": "mpi_kvbench.tiers.null:NullTier",
+    },
+    required=("open", "read", "write", "close", "info"),
+)
+
+POLICIES = Registry(
+    "policies",
+    {"lru": "mpi_kvbench.eviction.lru:LruPolicy"},
+    required=("on_insert", "on_access", "on_remove", "victims"),
+)
+
+WORKLOADS = Registry(
+    "workloads",
+    {"synthetic": "mpi_kvbench.workloads.synthetic:SyntheticWorkload"},
+    required=("requests", "info"),
+)
+
+
+def empty_params() -> type:
+    """A ``Params`` for plug-ins that take none."""
+    return dataclasses.make_dataclass("Params", [], frozen=True)

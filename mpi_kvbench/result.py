@@ -1,0 +1,81 @@
+"""The result: ``result.h5`` (everything) and ``summary.json`` (headlines), written by rank 0.
+
+Both are written under a temporary name in the run directory and renamed into place, so
+a reader never sees half a file and a crash never leaves a file that looks whole. The
+HDF5 layout (schema version 1) is documented in docs/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import h5py
+import numpy as np
+
+from mpi_kvbench.metrics import EDGES
+from mpi_kvbench.reduce import Collected
+
+
+def _atomic(path: str):
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    return tmp, lambda: os.replace(tmp, path)
+
+
+def _strings(group: h5py.Group, name: str, values: list[str]) -> None:
+    group.create_dataset(name, data=np.array(values, dtype=h5py.string_dtype()))
+
+
+def write_hdf5(path: str, data: Collected, attrs: dict[str, Any], summary: dict[str, Any]) -> None:
+    tmp, commit = _atomic(path)
+    try:
+        with h5py.File(tmp, "w") as f:
+            for key, value in attrs.items():
+                f.attrs[key] = json.dumps(value) if isinstance(value, dict | list) else value
+            h = f.create_group("histograms")
+            h.attrs["unit"] = "ns"
+            h.create_dataset("bucket_edges_ns", data=EDGES)
+            _strings(h, "names", data.hist_names)
+            h.create_dataset("merged", data=data.merged, compression="gzip")
+            h.create_dataset("merged_min_ns", data=data.merged_min_ns)
+            h.create_dataset("merged_max_ns", data=data.merged_max_ns)
+            h.create_dataset("merged_sum_ns", data=data.merged_sum_ns)
+            h.create_dataset("per_rank", data=data.per_rank, compression="gzip")
+            c = f.create_group("counters")
+            _strings(c, "names", data.counter_names)
+            c.create_dataset("per_rank", data=data.counters)
+            c.create_dataset("merged", data=data.counters.sum(axis=0))
+            t = f.create_group("timeseries")
+            t.attrs["interval_s"] = 1.0
+            _strings(t, "names", data.series_names)
+            t.create_dataset("per_rank", data=data.series, compression="gzip")
+            r = f.create_group("ranks")
+            r.create_dataset("elapsed_ns", data=data.elapsed_ns)
+            _strings(r, "environment", [json.dumps(e) for e in data.env])
+            _strings(f, "errors", data.errors)
+            f.attrs["summary"] = json.dumps(summary)
+        commit()
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_summary(path: str, summary: dict[str, Any]) -> None:
+    tmp, commit = _atomic(path)
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(summary, fh, indent=2, default=_plain)
+            fh.write("\n")
+        commit()
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    raise TypeError(f"cannot store {type(value).__name__} in summary.json")

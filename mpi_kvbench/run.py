@@ -1,0 +1,265 @@
+"""The pipeline of one run, in order: config -> topology -> tiers -> trace -> phases ->
+reductions -> result. Every rank runs it; rank 0 also writes the result.
+
+Failure: a rank that fails during set-up makes every rank raise the same error (they
+agree by allgather before going on). A rank that fails during the measured phase tells
+the others to stop (they check between requests and while waiting), and every rank
+still takes part in the reductions, so rank 0 keeps a partial result marked
+``complete: false`` and the run exits non-zero.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from mpi_kvbench import SCHEMA_VERSION, __version__
+from mpi_kvbench.calibrate import calibrate
+from mpi_kvbench.comm import SerialComm, topology, world
+from mpi_kvbench.config import Config
+from mpi_kvbench.context import RankContext
+from mpi_kvbench.distribute import replica_requests
+from mpi_kvbench.engine import Engine
+from mpi_kvbench.environment import describe, memory_bytes
+from mpi_kvbench.errors import ConfigError, RunFailed
+from mpi_kvbench.reduce import collect, group_latency
+from mpi_kvbench.registry import TIERS, WORKLOADS
+from mpi_kvbench.result import write_hdf5, write_summary
+from mpi_kvbench.summary import render, summarize
+
+
+def agree(comm: SerialComm, exc: BaseException | None) -> None:
+    """Raises the same RunFailed on every rank when any rank failed."""
+    mine = None if exc is None else (f"rank {comm.rank}: {exc}", isinstance(exc, ConfigError))
+    failures = [f for f in comm.allgather(mine) if f]
+    if failures:
+        message, config = failures[0]
+        if comm.size == 1:
+            message = message.split(": ", 1)[1]
+        raise RunFailed(message, config)
+
+
+def cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+class Progress:
+    """A one-line status on rank 0's terminal every two seconds; silent when not a tty."""
+
+    def __init__(self, enabled: bool, start_ns: int, duration_s: float) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.start_ns, self.duration_s = start_ns, duration_s
+        self.last_ns, self.last_bytes = start_ns, 0
+
+    def __call__(self, engine: Engine) -> None:
+        now = time.perf_counter_ns()
+        if not self.enabled or now - self.last_ns < 2e9:
+            return
+        moved = sum(v for k, v in engine.metrics.counters.items() if k.endswith("_bytes")
+                    and k.split(".")[0] in engine.names)
+        rate = (moved - self.last_bytes) / (now - self.last_ns)
+        el = (now - self.start_ns) / 1e9
+        left = f", {max(0.0, self.duration_s - el):.0f} s left" if self.duration_s else ""
+        sys.stderr.write(f"\r  {el:.0f} s{left}, rank 0: {engine.completed} requests,"
+                         f" {rate:.2f} GB/s   ")
+        sys.stderr.flush()
+        self.last_ns, self.last_bytes = now, moved
+
+    def done(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def open_tiers(cfg: Config, ctx: RankContext, object_bytes: int) -> list:
+    tiers = []
+    try:
+        for spec in cfg.tiers:
+            tier = TIERS.load(spec.kind)(spec.params, spec.capacity_bytes, object_bytes)
+            tier.level = spec.level
+            tier.open(ctx)
+            tiers.append(tier)
+    except BaseException:
+        for tier in tiers:
+            tier.close()
+        raise
+    return tiers
+
+
+def execute(cfg: Config, command_line: str) -> int:
+    """Runs the benchmark on every rank; returns the process exit status."""
+    comm = world()
+    started = datetime.now(UTC)
+    run_id = comm.bcast(f"{started:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}" if comm.rank == 0
+                        else None)
+    run_name = cfg.run.run_name or run_id
+    out_dir = os.path.join(cfg.run.results_dir, run_name)
+    ctx, group = topology(comm, cfg.kv.tensor_parallel, run_id)
+
+    exc = None
+    if comm.rank == 0:
+        try:
+            if any(os.path.exists(os.path.join(out_dir, f)) for f in ("result.h5", "summary.json")):
+                raise ConfigError(f"run.run_name={run_name!r}: {out_dir} already holds a result;"
+                                  " choose another --run-name")
+            os.makedirs(out_dir, exist_ok=True)
+        except OSError as err:
+            exc = ConfigError(f"run.results_dir: cannot create {out_dir} ({err.strerror})")
+        except ConfigError as err:
+            exc = err
+    agree(comm, exc)
+
+    # set-up
+    tiers, engine, exc = [], None, None
+    try:
+        from mpi_kvbench.chunks import Geometry
+
+        geometry = Geometry(cfg.model, cfg.kv.chunk_tokens, cfg.kv.tensor_parallel, cfg.kv.layout)
+        tiers = open_tiers(cfg, ctx, geometry.object_bytes)
+        engine = Engine(cfg, tiers)
+        workload = WORKLOADS.load(cfg.workload_kind)(cfg.workload, cfg.run.seed)
+    except Exception as err:   # noqa: BLE001 - every rank must hear of it
+        exc = err
+    try:
+        agree(comm, exc)
+        return _measure(cfg, comm, group, ctx, engine, tiers, workload, out_dir, run_name,
+                        started, command_line)
+    finally:
+        if engine is not None:
+            engine.close()
+        for tier in tiers:
+            tier.close()
+
+
+def _measure(cfg: Config, comm: SerialComm, group: SerialComm, ctx: RankContext, engine: Engine,
+             tiers: list, workload: Any, out_dir: str, run_name: str, started: datetime,
+             command_line: str) -> int:
+    calibration = None
+    if cfg.run.calibrate and "storage" in engine.names:
+        spec = next(t for t in cfg.tiers if t.level == "storage")
+        comm.barrier()
+        cal = calibrate(spec.params, ctx, engine.geometry.object_bytes, cfg.io.io_depth,
+                        min(spec.capacity_bytes, int(cfg.run.calibrate_gb * 1e9)))
+        calibration = comm.gather(cal)
+    requests = replica_requests(workload, ctx, comm)
+    error = None
+    start = time.perf_counter_ns()
+    wall_start, elapsed = time.time_ns(), 0
+    try:
+        if cfg.run.warmup_s > 0:
+            comm.barrier()
+            t0 = time.perf_counter_ns()
+            engine.start_phase(t0)
+            engine.replay(requests, t0 + int(cfg.run.warmup_s * 1e9), stop=comm.stop_requested)
+        comm.barrier()
+        start = time.perf_counter_ns()
+        wall_start = time.time_ns()
+        engine.start_phase(start)
+        cpu0, gen0, bytes0 = cpu_s(), engine.payload.generator_cpu_s, engine.payload.generated_bytes
+        stalls0 = engine.payload.stalls
+        deadline = start + int(cfg.run.duration_s * 1e9) if cfg.run.duration_s else None
+        progress = Progress(comm.rank == 0, start, cfg.run.duration_s)
+        why = engine.replay(requests, deadline, cfg.run.max_requests, stop=comm.stop_requested,
+                            progress=progress)
+        elapsed = time.perf_counter_ns() - start
+        progress.done()
+        if why == "share" and cfg.run.stonewall:
+            comm.notify_stop("stonewall")
+        m = engine.metrics
+        m.add("cpu.process_us", int((cpu_s() - cpu0) * 1e6))
+        m.add("cpu.generation_us", int((engine.payload.generator_cpu_s - gen0) * 1e6))
+        m.add("payload.generated_bytes", engine.payload.generated_bytes - bytes0)
+        m.add("payload.stalls", engine.payload.stalls - stalls0)
+        m.add("stopped_by_stonewall", int(why == "stopped" and comm.stop_requested() == "stonewall"))
+        for name, peak in zip(engine.names, engine.peak_used, strict=True):
+            m.add(f"{name}.peak_used_bytes", peak)
+    except Exception as err:   # noqa: BLE001 - the others must stop and the result be kept
+        error = f"rank {comm.rank}: {type(err).__name__}: {err}"
+        comm.notify_stop(error)
+        elapsed = elapsed or time.perf_counter_ns() - start
+    wall_end = time.time_ns()
+    group_latency(group, engine.log, engine.metrics)
+    env = describe(ctx, comm.library, [t.info() | {"level": t.level} for t in tiers])
+    data = collect(comm, engine.metrics, elapsed, env, error)
+    wall = (comm.allreduce(wall_start, "min"), comm.allreduce(wall_end, "max"))
+    comm.drain()
+    if comm.rank != 0:
+        return 1 if comm.bcast(None) else 0
+    status = _write(cfg, data, ctx, engine, out_dir, run_name, started, command_line, wall,
+                    calibration, workload.info())
+    comm.bcast(status)
+    return status
+
+
+def _write(cfg: Config, data: Any, ctx: RankContext, engine: Engine, out_dir: str, run_name: str,
+           started: datetime, command_line: str, wall: tuple[int, int],
+           calibration: list | None, workload_info: dict) -> int:
+    storage = [t for e in data.env for t in e["tiers"] if t["level"] == "storage"]
+    hbm = [t for e in data.env for t in e["tiers"] if t["level"] == "hbm"]
+    peak_by_host: dict[str, int] = {}
+    for i, e in enumerate(data.env):
+        if "storage.peak_used_bytes" in data.counter_names:
+            col = data.counter_names.index("storage.peak_used_bytes")
+            peak_by_host[e["host"]] = peak_by_host.get(e["host"], 0) + int(data.counters[i, col])
+    run = {
+        "run_name": run_name,
+        "tensor_parallel": ctx.tp_size,
+        "replicas": ctx.replicas,
+        "model": cfg.model.name,
+        "bytes_per_token_per_rank": cfg.model.bytes_per_token_per_rank(ctx.tp_size),
+        "object_bytes": engine.geometry.object_bytes,
+        "mla_mode": cfg.kv.mla_mode if cfg.model.kind == "mla" else None,
+        "layout": cfg.kv.layout,
+        "workload": cfg.workload_kind,
+        "payload_mode": cfg.io.payload,
+        "tiers": engine.names,
+        "o_direct": all(t["o_direct"] for t in storage) if storage else None,
+        "hbm_emulated": any(t["emulated"] for t in hbm) if hbm else None,
+        "potential_caching": bool(peak_by_host) and any(
+            peak < memory_bytes() for peak in peak_by_host.values()),
+        "calibration": _calibration_summary(calibration),
+    }
+    summary = summarize(data, run)
+    attrs = {
+        "schema_version": SCHEMA_VERSION, "tool_version": __version__,
+        "command_line": command_line, "config_yaml": cfg.text, "seed": cfg.run.seed,
+        "run_id": ctx.run_id, "run_name": run_name, "complete": summary["complete"],
+        "start_time": started.isoformat(),
+        "end_time": datetime.now(UTC).isoformat(),
+        "measured_start_unix_ns": wall[0], "measured_end_unix_ns": wall[1],
+        "world_size": ctx.world_size, "tensor_parallel": ctx.tp_size, "replicas": ctx.replicas,
+        "nodes": ctx.nodes, "model": cfg.model.name, "mla_mode": str(run["mla_mode"]),
+        "o_direct": str(run["o_direct"]), "hbm_emulated": str(run["hbm_emulated"]),
+        "payload_mode": cfg.io.payload, "workload_info": workload_info,
+        "calibration": calibration or [],
+    }
+    try:
+        write_hdf5(os.path.join(out_dir, "result.h5"), data, attrs, summary)
+        write_summary(os.path.join(out_dir, "summary.json"), summary)
+    except OSError as err:
+        print(f"error: cannot write the result in {out_dir}: {err}", file=sys.stderr)
+        return 1
+    print(render(summary))
+    print(f"\n  result: {out_dir}/result.h5, {out_dir}/summary.json")
+    if data.errors:
+        print(f"error: {data.errors[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _calibration_summary(per_rank: list | None) -> dict[str, Any] | None:
+    """All ranks calibrated at once: all their bytes over the slowest rank's time."""
+    if not per_rank:
+        return None
+    out = {"block_bytes": per_rank[0]["block_bytes"], "io_depth": per_rank[0]["io_depth"],
+           "ranks": len(per_rank)}
+    total = sum(c["bytes"] for c in per_rank)
+    for op in ("read", "write"):
+        slowest = max(c["bytes"] / c[f"{op}_gbps"] for c in per_rank)
+        out[f"{op}_gbps"] = round(total / slowest, 4)
+    return out

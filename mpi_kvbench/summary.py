@@ -1,0 +1,184 @@
+"""The headline figures, each named for what it measures, and the console table.
+
+Rates divide bytes by the measured window: the longest rank's measured phase, which
+every rank starts at the same barrier (so it runs from the first start to the last
+stop, as IOR does). ``*_gbps_busy`` divide by the time the tier had I/O in flight
+instead. Percentiles come from the merged histograms: pooled over every rank, never
+a maximum or mean of per-rank percentiles.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from mpi_kvbench import SCHEMA_VERSION, __version__
+from mpi_kvbench.metrics import Histogram
+from mpi_kvbench.reduce import Collected
+
+PERCENTILES = {"p50": 50, "p95": 95, "p99": 99, "p999": 99.9, "p9999": 99.99}
+TIER_NAMES = ("hbm", "dram", "storage")
+
+
+def pcts_ms(h: Histogram | None) -> dict[str, float | None]:
+    if h is None or h.count == 0:
+        return {k: None for k in PERCENTILES}
+    return {k: round(h.percentile(q) / 1e6, 4) for k, q in PERCENTILES.items()}
+
+
+def _merged(data: Collected, prefix: str) -> Histogram | None:
+    """The sum of every merged histogram named ``prefix`` or ``prefix.<anything>``."""
+    rows = [i for i, n in enumerate(data.hist_names) if n == prefix or n.startswith(prefix + ".")]
+    if not rows:
+        return None
+    out = Histogram()
+    for i in rows:
+        out = out + data.hist(data.hist_names[i])
+    return out
+
+
+def summarize(data: Collected, run: dict[str, Any]) -> dict[str, Any]:
+    """The summary.json dictionary; ``run`` carries the run's facts (model, sizes, ...)."""
+    window_s = float(data.elapsed_ns.max()) / 1e9 if data.elapsed_ns.size else 0.0
+    per_s = 1.0 / window_s if window_s > 0 else math.nan
+    leaders = [i for i, e in enumerate(data.env) if e.get("tp_rank", 0) == 0]
+    col = data.counter_names
+
+    def per_rank(name: str) -> np.ndarray:
+        if name not in col:
+            return np.zeros(len(data.env), dtype=np.int64)
+        return data.counters[:, col.index(name)]
+
+    tiers: dict[str, Any] = {}
+    total_bytes = 0
+    for tier in run["tiers"]:
+        t: dict[str, Any] = {}
+        for op in ("read", "write"):
+            nbytes = data.counter(f"{tier}.{op}_bytes")
+            total_bytes += nbytes
+            t[f"{op}_bytes"] = nbytes
+            t[f"{op}_ops"] = data.counter(f"{tier}.{op}_ops")
+            t[f"{op}_gbps"] = round(nbytes * per_s / 1e9, 4)
+            t[f"{op}_gbps_per_rank"] = [round(float(b) / window_s / 1e9, 4) if window_s else None
+                                        for b in per_rank(f"{tier}.{op}_bytes")]
+        busy = data.counter(f"{tier}.busy_ns")
+        moved = t["read_bytes"] + t["write_bytes"]
+        t["busy_s"] = round(busy / 1e9, 4)
+        t["gbps_busy"] = round(moved / busy, 4) if busy else None
+        t["chunk_hits"] = data.counter(f"{tier}.chunk_hits")
+        t["tokens_from_cache_per_s"] = round(data.counter(f"{tier}.tokens_hit") * per_s, 2)
+        t["latency_ms"] = {op: pcts_ms(_merged(data, f"{tier}.{op}")) for op in ("read", "write")}
+        tiers[tier] = t
+
+    lookups = data.counter("chunk_lookups")
+    requests = int(sum(per_rank("requests_completed")[leaders]))
+    storage = tiers.get("storage", {})
+    cpu_s = data.counter("cpu.process_us") / 1e6
+    gen_s = data.counter("cpu.generation_us") / 1e6
+    summary = {
+        "schema_version": SCHEMA_VERSION,
+        "tool_version": __version__,
+        "run_name": run["run_name"],
+        "complete": not data.errors,
+        "errors": data.errors,
+        "world_size": len(data.env),
+        "tensor_parallel": run["tensor_parallel"],
+        "replicas": run["replicas"],
+        "nodes": len({e.get("host") for e in data.env}),
+        "model": run["model"],
+        "bytes_per_token_per_rank": run["bytes_per_token_per_rank"],
+        "object_bytes": run["object_bytes"],
+        "mla_mode": run.get("mla_mode"),
+        "layout": run["layout"],
+        "workload": run["workload"],
+        "payload_mode": run["payload_mode"],
+        "duration_s": round(window_s, 4),
+        "requests_completed": requests,
+        "requests_per_s": round(requests * per_s, 3),
+        "prefix_hit_ratio": round(data.counter("chunk_hits") / lookups, 6) if lookups else None,
+        "chunk_lookups": lookups,
+        "o_direct": run.get("o_direct"),
+        "hbm_emulated": run.get("hbm_emulated"),
+        "potential_caching": run.get("potential_caching"),
+        "storage_throughput_gbps": round(
+            (storage.get("read_bytes", 0) + storage.get("write_bytes", 0)) * per_s / 1e9, 4),
+        "tiers": tiers,
+        "demotions": {
+            "count": data.counter("demotions"),
+            "bytes": data.counter("demotion_bytes"),
+            "latency_ms": pcts_ms(_merged(data, "demotion")),
+        },
+        "promotions": {"count": data.counter("promotions"), "bytes": data.counter("promotion_bytes")},
+        "latency_ms": {
+            "request_e2e": pcts_ms(_merged(data, "request.e2e")),
+            "request_queue": pcts_ms(_merged(data, "request.queue")),
+            "prefill_storage": pcts_ms(_merged(data, "request.prefill_storage")),
+            "group_e2e": pcts_ms(_merged(data, "group.e2e")),
+            "group_prefill_storage": pcts_ms(_merged(data, "group.prefill_storage")),
+        },
+        "qos": {
+            cls: {"requests": int(sum(per_rank(f"qos.{cls}.requests")[leaders])),
+                  "e2e_ms": pcts_ms(_merged(data, f"group.qos.{cls}.e2e"))}
+            for cls in sorted({n.split(".")[1] for n in col if n.startswith("qos.")})
+        },
+        "cpu": {
+            "process_s": round(cpu_s, 3),
+            "generation_s": round(gen_s, 3),
+            "generated_bytes": data.counter("payload.generated_bytes"),
+            "io_path_s_per_gb": round((cpu_s - gen_s) / (total_bytes / 1e9), 4)
+            if total_bytes else None,
+            "generation_s_per_gb": round(gen_s / (data.counter("payload.generated_bytes") / 1e9), 4)
+            if data.counter("payload.generated_bytes") else None,
+            "payload_stalls": data.counter("payload.stalls"),
+        },
+        "verify": {"checked": data.counter("verify_checked"),
+                   "mismatches": data.counter("verify_mismatches")},
+    }
+    if run.get("calibration"):
+        summary["calibration"] = run["calibration"]
+    return summary
+
+
+def render(s: dict[str, Any]) -> str:
+    """A plain-text table of the headline figures, for the console."""
+    def ms(d: dict, key: str = "p50") -> str:
+        v = d.get(key)
+        return "-" if v is None else f"{v:.3f}"
+
+    lines = [
+        f"mpi_kvbench {s['tool_version']}  run {s['run_name']}"
+        + ("" if s["complete"] else "  (INCOMPLETE)"),
+        f"  {s['world_size']} ranks on {s['nodes']} node(s), TP {s['tensor_parallel']}"
+        f" x {s['replicas']} replicas, model {s['model']},"
+        f" {s['object_bytes'] / 2**20:.2f} MiB objects",
+        f"  {s['requests_completed']} requests in {s['duration_s']:.1f} s"
+        f" ({s['requests_per_s']:.2f}/s), prefix hit ratio "
+        + ("-" if s["prefix_hit_ratio"] is None else f"{s['prefix_hit_ratio']:.3f}"),
+        f"  storage throughput {s['storage_throughput_gbps']:.3f} GB/s (wall clock),"
+        f" O_DIRECT {s['o_direct']}, HBM emulated {s['hbm_emulated']}",
+        "",
+        f"  {'tier':8} {'read GB/s':>10} {'write GB/s':>10} {'read p50 ms':>12}"
+        f" {'read p99 ms':>12} {'write p50 ms':>13} {'write p99 ms':>13}",
+    ]
+    for name, t in s["tiers"].items():
+        lat = t["latency_ms"]
+        lines.append(
+            f"  {name:8} {t['read_gbps']:>10.3f} {t['write_gbps']:>10.3f}"
+            f" {ms(lat['read']):>12} {ms(lat['read'], 'p99'):>12}"
+            f" {ms(lat['write']):>13} {ms(lat['write'], 'p99'):>13}")
+    lat = s["latency_ms"]
+    lines += [
+        "",
+        f"  request e2e p50/p99 ms: {ms(lat['group_e2e'])} / {ms(lat['group_e2e'], 'p99')}"
+        f"   prefill storage p50/p99 ms: {ms(lat['group_prefill_storage'])}"
+        f" / {ms(lat['group_prefill_storage'], 'p99')}",
+        f"  demotions {s['demotions']['count']} ({s['demotions']['bytes'] / 1e9:.2f} GB),"
+        f" p50 {ms(s['demotions']['latency_ms'])} ms",
+        f"  CPU: {s['cpu']['io_path_s_per_gb']} s/GB on the I/O path,"
+        f" {s['cpu']['generation_s_per_gb']} s/GB generating payload",
+    ]
+    if s["errors"]:
+        lines.append(f"  errors: {s['errors'][0]}")
+    return "\n".join(lines)

@@ -1,0 +1,155 @@
+"""Storage tier: one preallocated slab file per rank, one object per aligned extent.
+
+Why extents in one file rather than a file per object: every object of a run has the
+same size, so a slot number maps to a fixed offset, the hierarchy's free list is the
+allocator, and the measured work is data transfer (the device), not file creation and
+unlinking (the file system's metadata path). The run creates exactly one file per rank,
+so tear-down deletes exactly what it made.
+
+I/O is ``os.preadv``/``os.pwritev`` on page-aligned buffers with ``O_DIRECT``; when the
+file system refuses O_DIRECT the tier warns, falls back to buffered I/O and reports
+``o_direct: false``. Capacity is the configured size, lowered to ``max_free_share`` of the
+free space so the run never fills the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import mmap
+import os
+import warnings
+from typing import Any
+
+from mpi_kvbench.context import RankContext
+from mpi_kvbench.errors import ConfigError
+from mpi_kvbench.tiers.base import ALIGN, Tier
+
+
+def fs_type(path: str) -> str:
+    """The file system type of the mount that holds ``path`` (from /proc/mounts)."""
+    best, kind = "", "unknown"
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/mounts") as fh:
+            for line in fh:
+                parts = line.split()
+                mnt = parts[1].replace("\\040", " ")
+                inside = real == mnt or real.startswith(mnt.rstrip("/") + "/")
+                if inside and len(mnt) >= len(best):
+                    best, kind = mnt, parts[2]
+    except OSError:
+        pass
+    return kind
+
+
+def make_dirs(path: str) -> list[str]:
+    """Creates ``path`` and returns the directories that did not exist (deepest last)."""
+    made = []
+    probe = os.path.abspath(path)
+    while not os.path.isdir(probe):
+        made.append(probe)
+        probe = os.path.dirname(probe)
+    for d in reversed(made):
+        os.mkdir(d)
+    return list(reversed(made))
+
+
+def remove_dirs(made: list[str]) -> None:
+    """Removes directories this run made, deepest first, only while they are empty."""
+    for d in reversed(made):
+        try:
+            os.rmdir(d)
+        except OSError:
+            break
+
+
+class StorageTier(Tier):
+    """A slab file per rank on a local or shared file system, with O_DIRECT."""
+
+    name = "storage"
+
+    @dataclasses.dataclass(frozen=True)
+    class Params:
+        path: str = ""              # template; "" = a fresh directory under the temp dir
+        o_direct: bool = True
+        max_free_share: float = 0.8
+
+        def check(self) -> None:
+            if not 0 < self.max_free_share <= 1:
+                raise ConfigError(
+                    f"tiers.storage.max_free_share={self.max_free_share}: use a share in (0, 1]")
+
+    def open(self, ctx: RankContext) -> None:
+        base = ctx.expand(self.params.path) if self.params.path else ctx.scratch_dir()
+        try:
+            self._made_dirs = make_dirs(base)
+        except OSError as exc:
+            raise ConfigError(f"tiers.storage.path: cannot create {base} ({exc.strerror});"
+                              " choose a writable directory") from None
+        self.dir = base
+        self.path = os.path.join(base, f"kvbench-{ctx.run_id}-rank{ctx.rank}.slab")
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
+        self.fd = os.open(self.path, flags, 0o600)   # O_EXCL: never reuse someone's file
+        self.o_direct = self.params.o_direct and self._try_direct(flags)
+        st = os.statvfs(base)
+        free = st.f_bavail * st.f_frsize
+        self.configured_bytes = self.capacity_bytes
+        self.capacity_bytes = min(self.capacity_bytes, int(free * self.params.max_free_share))
+        if self.slots == 0:
+            self.close()
+            raise ConfigError(f"tiers.storage.path: {base} has {free / 1e9:.2f} GB free, too little"
+                              " for one object; free space or choose another path")
+        self.fs = fs_type(base)
+
+    def _try_direct(self, flags: int) -> bool:
+        """Reopens with O_DIRECT and proves it with one aligned write, or warns and falls back."""
+        try:
+            fd = os.open(self.path, (flags & ~os.O_EXCL & ~os.O_CREAT) | os.O_DIRECT)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            fd = -1
+        if fd >= 0:
+            probe = mmap.mmap(-1, ALIGN)
+            try:
+                os.pwritev(fd, [probe], 0)
+                os.ftruncate(fd, 0)
+                os.close(self.fd)
+                self.fd = fd
+                return True
+            except OSError:
+                os.close(fd)
+            finally:
+                probe.close()
+        warnings.warn(f"{self.path}: the file system refuses O_DIRECT; storage I/O is buffered"
+                      " and the result says o_direct: false", stacklevel=2)
+        return False
+
+    def write(self, slot: int, data: memoryview) -> int:
+        offset = slot * self.object_bytes
+        done = os.pwritev(self.fd, [data], offset)
+        while done < len(data):   # a short write is legal; finish it
+            done += os.pwritev(self.fd, [data[done:]], offset + done)
+        return done
+
+    def read(self, slot: int, out: memoryview) -> int:
+        offset = slot * self.object_bytes
+        done = os.preadv(self.fd, [out], offset)
+        while 0 < done < len(out):
+            got = os.preadv(self.fd, [out[done:]], offset + done)
+            if got == 0:
+                break
+            done += got
+        return done
+
+    def close(self) -> None:
+        if getattr(self, "fd", -1) >= 0:
+            os.close(self.fd)
+            self.fd = -1
+            os.unlink(self.path)
+            remove_dirs(self._made_dirs)
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "path": self.path, "fs_type": self.fs, "o_direct": self.o_direct,
+                "configured_bytes": self.configured_bytes}

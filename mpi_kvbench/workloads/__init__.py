@@ -1,0 +1,1 @@
+"""Request sources (synthetic users, trace readers); see workloads/base.py."""

@@ -1,0 +1,149 @@
+"""Synthetic multi-turn users: the reference's templates and QoS mix, with shared prefixes.
+
+Each user picks a template (chatbot, coding, document) and a QoS class, then holds
+conversations of up to ``max_turns`` turns: the first prompt is one of
+``system_prompts`` shared system prompts plus new context; each later turn is the
+previous prompt and answer plus a follow-up message. Users are closed loop by default:
+a request is due ``think`` seconds after the user's previous one completed. With
+``arrival: poisson`` requests are due at a Poisson ``request_rate`` instead (open loop).
+
+Trace order is the order of nominal send times (users' think times added up), which
+depends only on the seed, so every run replays the same sequence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from mpi_kvbench.errors import ConfigError
+from mpi_kvbench.workloads.base import QOS_CLASSES, Request, Workload
+
+# (context tokens, output tokens, think seconds): ranges from DESIGN.md section 9
+TEMPLATES = {
+    "chatbot": ((512, 4096), (50, 200), (0.1, 0.5)),
+    "coding": ((4096, 25000), (100, 500), (0.2, 1.0)),
+    "document": ((4096, 16384), (200, 800), (0.3, 1.5)),
+}
+QOS_MIX = {"interactive": 0.15, "responsive": 0.35, "batch": 0.50}
+
+
+def _weights(mix: dict, valid: tuple[str, ...] | list[str], field: str) -> tuple[list[str], np.ndarray]:
+    for name, w in mix.items():
+        if name not in valid:
+            raise ConfigError(f"workload.{field}.{name}: unknown; valid: {', '.join(valid)}")
+        if isinstance(w, bool) or not isinstance(w, int | float) or w < 0:
+            raise ConfigError(f"workload.{field}.{name}={w!r}: give a weight >= 0")
+    names = [n for n in mix if mix[n] > 0]
+    if not names:
+        raise ConfigError(f"workload.{field}: give at least one positive weight")
+    w = np.array([mix[n] for n in names], dtype=float)
+    return names, w / w.sum()
+
+
+class SyntheticWorkload(Workload):
+    """Multi-turn users from the reference's templates, shared system prompts, QoS mix."""
+
+    partitionable = True
+
+    @dataclasses.dataclass(frozen=True)
+    class Params:
+        users: int = 20
+        templates: dict = dataclasses.field(
+            default_factory=lambda: {"chatbot": 0.5, "coding": 0.25, "document": 0.25})
+        qos_mix: dict = dataclasses.field(default_factory=lambda: dict(QOS_MIX))
+        system_prompts: int = 8
+        system_prompt_tokens: int = 1024
+        follow_up_tokens_min: int = 64
+        follow_up_tokens_max: int = 512
+        max_turns: int = 6
+        arrival: str = "closed"
+        request_rate: float = 0.0
+
+        def check(self) -> None:
+            if self.users < 1:
+                raise ConfigError(f"workload.users={self.users}: need at least 1 user")
+            _weights(self.templates, list(TEMPLATES), "templates")
+            _weights(self.qos_mix, QOS_CLASSES, "qos_mix")
+            for name in ("system_prompts", "system_prompt_tokens", "follow_up_tokens_min",
+                         "max_turns"):
+                if getattr(self, name) < 0:
+                    raise ConfigError(f"workload.{name}={getattr(self, name)}: must not be negative")
+            if self.follow_up_tokens_max < self.follow_up_tokens_min:
+                raise ConfigError("workload.follow_up_tokens_max: must be >= follow_up_tokens_min")
+            if self.arrival not in ("closed", "poisson"):
+                raise ConfigError(f"workload.arrival={self.arrival!r}: use closed or poisson")
+            if self.arrival == "poisson" and self.request_rate <= 0:
+                raise ConfigError("workload.request_rate: poisson arrival needs a rate > 0 per s")
+
+    def info(self) -> dict[str, Any]:
+        p = self.params
+        return {"kind": "synthetic", "users": p.users, "arrival": p.arrival,
+                "templates": dict(p.templates), "qos_mix": dict(p.qos_mix),
+                "system_prompts": p.system_prompts, "max_turns": p.max_turns}
+
+    def requests(self, replica: int = 0, replicas: int = 1) -> Iterator[Request]:
+        p = self.params
+        tnames, tw = _weights(p.templates, list(TEMPLATES), "templates")
+        qnames, qw = _weights(p.qos_mix, QOS_CLASSES, "qos_mix")
+        users = []
+        heap: list[tuple[float, int]] = []
+        for u in range(p.users):
+            rng = np.random.default_rng([self.seed, u])
+            if u % replicas != replica:
+                users.append(None)
+                continue
+            template = TEMPLATES[tnames[rng.choice(len(tnames), p=tw)]]
+            qos = qnames[rng.choice(len(qnames), p=qw)]
+            users.append({"rng": rng, "t": template, "qos": qos, "turn": p.max_turns,
+                          "ctx": (), "session": -1, "n": 0, "i": 0})
+            heapq.heappush(heap, (self._gap(rng, template), u))
+        while heap:
+            nominal, u = heapq.heappop(heap)
+            st = users[u]
+            rng, (ctx_range, out_range, think_range) = st["rng"], st["t"]
+            if st["turn"] >= p.max_turns:      # start a new conversation
+                st["turn"], st["session"] = 0, u + p.users * st["n"]
+                st["n"] += 1
+                sys_id = int(rng.integers(p.system_prompts)) if p.system_prompts else None
+                body = int(rng.integers(*ctx_range, endpoint=True))
+                segs = []
+                if sys_id is not None and p.system_prompt_tokens:
+                    segs.append((_ident(1, sys_id), p.system_prompt_tokens))
+                segs.append((_ident(2, st["session"], 0), max(1, body - p.system_prompt_tokens)))
+                st["ctx"] = tuple(segs)
+            else:
+                follow = int(rng.integers(p.follow_up_tokens_min, p.follow_up_tokens_max,
+                                          endpoint=True))
+                st["ctx"] = (*st["ctx"], (_ident(2, st["session"], st["turn"]), max(1, follow)))
+            out = int(rng.integers(*out_range, endpoint=True))
+            think = float(rng.uniform(*think_range))
+            req = Request(index=(u << 32) + st["i"], user=u, session=st["session"],
+                          arrival_s=nominal, think_s=None if p.arrival == "poisson" else think,
+                          qos=st["qos"], segments=st["ctx"], output_tokens=out,
+                          output_id=_ident(3, st["session"], st["turn"]))
+            yield req
+            st["i"] += 1
+            st["ctx"] = req.context_after()
+            st["turn"] += 1
+            gap = think if p.arrival == "closed" else self._gap(rng, st["t"])
+            heapq.heappush(heap, (nominal + gap, u))
+
+    def _gap(self, rng: np.random.Generator, template: tuple) -> float:
+        """Seconds to a user's next nominal send: think time, or a Poisson gap (open loop).
+
+        Each user's Poisson stream has rate request_rate / users; together they make a
+        Poisson stream of request_rate."""
+        p = self.params
+        if p.arrival == "poisson":
+            return float(rng.exponential(p.users / p.request_rate))
+        return float(rng.uniform(*template[2]))
+
+
+def _ident(kind: int, a: int, b: int = 0) -> int:
+    """A 64-bit content identity; ``kind`` keeps system prompts, messages and outputs apart."""
+    return (kind << 56) ^ (a << 20) ^ b
