@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from mpi_kvbench import payload as pl
-from mpi_kvbench.tiers.base import Tier
+from mpi_kvbench.tiers.base import Tier, aligned_buffer
 
 READ, WRITE, MOVE = 0, 1, 2
 
@@ -65,7 +65,7 @@ class IOPool:
     def _buffer(self):
         buf = getattr(self._local, "buf", None)
         if buf is None:
-            buf = self._local.buf = pl.aligned_buffer(self.object_bytes)
+            buf = self._local.buf = aligned_buffer(self.object_bytes)
         return buf
 
     def _do(self, op: Op) -> Done:

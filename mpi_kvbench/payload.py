@@ -22,14 +22,11 @@ import zlib
 import dgen_py
 import numpy as np
 
+from mpi_kvbench.tiers.base import aligned_buffer
+
 BLOCK = 4096
 STAMP_WORDS = 3           # key, write sequence, byte offset (uint64 each)
 GEN_STREAM_BYTES = 1 << 40
-
-
-def aligned_buffer(nbytes: int) -> mmap.mmap:
-    """A page-aligned buffer, as O_DIRECT needs."""
-    return mmap.mmap(-1, nbytes)
 
 
 def block_view(buf: mmap.mmap | memoryview) -> np.ndarray:
@@ -64,7 +61,7 @@ class PayloadSource:
         self.mode = mode
         self._ready: queue.SimpleQueue = queue.SimpleQueue()
         self._empty: queue.SimpleQueue = queue.SimpleQueue()
-        self._buffers = [aligned_buffer(object_bytes) for _ in range(max(2, 2 * depth))]
+        self._buffers = [aligned_buffer(object_bytes) for _ in range(depth + 2)]
         self._gen = self._new_generator()
         self.generated_bytes = 0
         self.generator_cpu_s = 0.0

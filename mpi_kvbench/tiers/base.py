@@ -12,11 +12,18 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import mmap
 from typing import Any, ClassVar
 
 from mpi_kvbench.context import RankContext
 
 ALIGN = 4096
+
+
+def aligned_buffer(nbytes: int) -> mmap.mmap:
+    """Page-aligned memory (as O_DIRECT needs), every page faulted in now, not mid-run."""
+    flags = mmap.MAP_SHARED | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
+    return mmap.mmap(-1, nbytes, flags=flags)
 
 
 def round_up(n: int, align: int = ALIGN) -> int:

@@ -6,23 +6,21 @@ measured phase. Copies go through numpy, which releases the GIL.
 
 from __future__ import annotations
 
-import mmap
 from typing import Any
 
 import numpy as np
 
 from mpi_kvbench.context import RankContext
-from mpi_kvbench.tiers.base import Tier
+from mpi_kvbench.tiers.base import Tier, aligned_buffer
 
 
 class HostSlots:
     """A page-aligned anonymous mapping viewed as a (slots, object_bytes) array."""
 
     def __init__(self, slots: int, object_bytes: int) -> None:
-        self._map = mmap.mmap(-1, max(1, slots * object_bytes))
+        self._map = aligned_buffer(max(1, slots * object_bytes))
         self.array = np.frombuffer(self._map, dtype=np.uint8)[: slots * object_bytes].reshape(
             slots, object_bytes)
-        self.array.reshape(-1)[:: mmap.PAGESIZE] = 0   # touch every page now
 
     def write(self, slot: int, data: memoryview) -> int:
         np.copyto(self.array[slot], np.frombuffer(data, dtype=np.uint8))

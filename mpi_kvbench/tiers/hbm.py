@@ -9,6 +9,7 @@ Without a GPU, or without torch, the tier is host memory and the result says
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from mpi_kvbench.context import RankContext
@@ -48,8 +49,8 @@ class HbmTier(Tier):
 
     def _pick_device(self, ctx: RankContext) -> str:
         want = self.params.device
-        if want == "emulated":
-            return want
+        if want == "emulated" or (want == "auto" and not os.path.exists("/proc/driver/nvidia")):
+            return "emulated"   # no NVIDIA driver: skip the seconds-long torch import
         try:
             import torch
         except ImportError:
