@@ -162,12 +162,26 @@ def merge(base: dict, over: dict, where: str = "") -> dict:
         if key not in base and not free:
             _unknown(name, key, base)
         old = base.get(key)
-        if isinstance(value, dict) and isinstance(old, dict) and value.get("kind") in (
-                None, old.get("kind")):
-            out[key] = merge(base[key], value, f"{name}.")
+        if isinstance(value, dict) and isinstance(old, dict):
+            if value.get("kind") not in (None, old.get("kind")):
+                old = _accepted_by(value["kind"], old, where)
+            out[key] = merge(old, value, f"{name}.")
         else:
             out[key] = value
     return out
+
+
+def _accepted_by(kind: str, old: dict, where: str) -> dict:
+    """On a change of plug-in kind, keeps the old settings the new kind also takes."""
+    from mpi_kvbench.registry import TIERS, WORKLOADS
+
+    registry = TIERS if where == "tiers." else WORKLOADS if where == "" else None
+    try:
+        fields = {f.name for f in dataclasses.fields(registry.load(kind).Params)}
+    except (AttributeError, ConfigError):
+        return {}
+    keep = fields | ({"capacity_gb"} if registry is TIERS else set())
+    return {k: v for k, v in old.items() if k in keep}
 
 
 def parse_set(item: str) -> dict:

@@ -44,15 +44,23 @@ def fs_type(path: str) -> str:
 
 
 def make_dirs(path: str) -> list[str]:
-    """Creates ``path`` and returns the directories that did not exist (deepest last)."""
-    made = []
+    """Creates ``path`` and returns the directories this call made (deepest last).
+
+    Ranks sharing a parent race to create it; one that lost the race did not make it."""
+    missing = []
     probe = os.path.abspath(path)
     while not os.path.isdir(probe):
-        made.append(probe)
+        missing.append(probe)
         probe = os.path.dirname(probe)
-    for d in reversed(made):
-        os.mkdir(d)
-    return list(reversed(made))
+    made = []
+    for d in reversed(missing):
+        try:
+            os.mkdir(d)
+            made.append(d)
+        except FileExistsError:
+            if not os.path.isdir(d):
+                raise
+    return made
 
 
 def remove_dirs(made: list[str]) -> None:

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Start mpi_kvbench on this machine with mpirun.
+#
+#   launch/mpirun.sh [RANKS] [mpi_kvbench run flags...]
+#   launch/mpirun.sh 8 --config configs/mlperf-option1.yaml --cache-dir /mnt/nvme/kv/{rank}
+#
+# RANKS defaults to the number of GPUs nvidia-smi sees, else 8. MPIRUN overrides the
+# launcher (e.g. MPIRUN="mpirun --bind-to core"); PYTHON overrides the interpreter.
+set -euo pipefail
+ranks=${1:-}
+if [[ -n "$ranks" && "$ranks" =~ ^[0-9]+$ ]]; then
+  shift
+else
+  ranks=$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU' || true)
+  [[ "$ranks" -gt 0 ]] || ranks=8
+fi
+: "${MPIRUN:=mpirun}"
+: "${PYTHON:=python}"
+if ! command -v "${MPIRUN%% *}" >/dev/null; then
+  echo "error: ${MPIRUN%% *} not found; pip install -e '.[mpi]' or load your site's MPI module" >&2
+  exit 2
+fi
+exec $MPIRUN -n "$ranks" "$PYTHON" -m mpi_kvbench run "$@"

@@ -1,0 +1,149 @@
+"""End-to-end runs under a real ``mpirun``: several processes, one coordinated result."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from mpi_kvbench.metrics import percentile
+
+HERE = Path(__file__).parent
+MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
+pytestmark = pytest.mark.skipif(MPIRUN is None, reason="no mpirun: pip install -e '.[mpi]'")
+
+SMALL = ["--model", "tiny-1b", "--chunk-tokens", "64", "--gpu-mem-gb", "0.002",
+         "--cpu-mem-gb", "0.004", "--storage-capacity-gb", "0.05", "--io-depth", "2",
+         "--set", "workload.users=6"]
+
+
+def mpirun(n: int, *args: str, cwd: Path, env: dict | None = None, timeout: float = 150):
+    cmd = [MPIRUN, "-n", str(n), sys.executable, "-m", "mpi_kvbench", *args]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    return proc, time.monotonic() - t0
+
+
+def run_ok(tmp: Path, name: str, n: int = 4, *extra: str) -> tuple[dict, h5py.File]:
+    proc, _ = mpirun(n, *SMALL, "--duration", "0", "--max-requests", "8", "--results-dir",
+                     str(tmp / "res"), "--run-name", name, "--cache-dir",
+                     str(tmp / "cache" / "{rank}"), *extra, cwd=tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp / "res" / name
+    summary = json.loads((out / "summary.json").read_text())
+    return summary, h5py.File(out / "result.h5", "r")
+
+
+def names(group: h5py.Group) -> list[str]:
+    return [n.decode() if isinstance(n, bytes) else n for n in group["names"][()]]
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_four_ranks_make_one_consistent_result(tmp_path: Path, tp: int) -> None:
+    summary, f = run_ok(tmp_path, f"tp{tp}", 4, "--tensor-parallel", str(tp))
+    with f:
+        env = [json.loads(e) for e in f["ranks/environment"][()]]
+        assert sorted(e["rank"] for e in env) == [0, 1, 2, 3]
+        assert [e["tp_rank"] for e in env] == [r % tp for r in range(4)]
+        assert summary["world_size"] == 4 and summary["tensor_parallel"] == tp
+        assert summary["replicas"] == 4 // tp and summary["nodes"] == 1
+
+        # merged histograms are exactly the sum of the per-rank ones
+        per_rank, merged = f["histograms/per_rank"][()], f["histograms/merged"][()]
+        assert per_rank.shape[0] == 4
+        np.testing.assert_array_equal(per_rank.sum(axis=0), merged)
+
+        # every TP group served its whole share: 8 requests each
+        cn = names(f["counters"])
+        counters = f["counters/per_rank"][()]
+        done = counters[:, cn.index("requests_completed")]
+        assert list(done) == [8] * 4
+        assert summary["requests_completed"] == 8 * (4 // tp)
+
+        # a request's group latency is the max over its shards: every percentile of the
+        # group histogram is at least that shard's percentile
+        hn = names(f["histograms"])
+        group_row, shard_row = hn.index("group.e2e"), hn.index("request.e2e")
+        for leader in range(0, 4, tp):
+            g = per_rank[leader, group_row]
+            assert g.sum() == 8
+            for shard in range(leader, leader + tp):
+                s = per_rank[shard, shard_row]
+                for q in (50, 90, 99, 100):
+                    assert percentile(g, q) >= percentile(s, q)
+
+        # summary.json and result.h5 agree
+        assert json.loads(f.attrs["summary"]) == summary
+        merged_counters = f["counters/merged"][()]
+        for tier in summary["tiers"]:
+            for op in ("read", "write"):
+                value = merged_counters[cn.index(f"{tier}.{op}_bytes")]
+                assert summary["tiers"][tier][f"{op}_bytes"] == value
+        assert f.attrs["world_size"] == 4
+    assert not any((tmp_path / "cache").rglob("*.slab")), "the run left its files behind"
+
+
+def test_same_seed_same_operations_per_rank(tmp_path: Path) -> None:
+    runs = []
+    for name in ("a", "b"):
+        _, f = run_ok(tmp_path, name, 4, "--seed", "7")
+        with f:
+            cn = names(f["counters"])
+            keep = [i for i, n in enumerate(cn) if n.endswith(("_ops", "_bytes", "chunk_hits"))
+                    and not n.startswith(("payload", "cpu"))]
+            runs.append(({cn[i] for i in keep}, f["counters/per_rank"][()][:, keep]))
+    assert runs[0][0] == runs[1][0]
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    assert runs[0][1].sum() > 0
+
+
+def test_tp_that_does_not_divide_the_world_is_one_clear_error(tmp_path: Path) -> None:
+    proc, took = mpirun(4, *SMALL, "--tensor-parallel", "8", "--results-dir", str(tmp_path / "r"),
+                        cwd=tmp_path, timeout=60)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "tensor_parallel" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert took < 60
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_path_on_one_rank_stops_everyone(tmp_path: Path) -> None:
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "c2").write_text("a file where rank 2 wants its directory")
+    proc, took = mpirun(4, *SMALL, "--duration", "5", "--results-dir", str(tmp_path / "r"),
+                        "--cache-dir", str(tmp_path / "cache" / "c{rank}"), cwd=tmp_path,
+                        timeout=60)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "rank 2" in errors[0] and "tiers.storage.path" in errors[0]
+    assert "Traceback" not in proc.stderr
+    assert took < 60
+    assert (tmp_path / "cache" / "c2").read_text().startswith("a file")   # untouched
+    assert not list((tmp_path / "cache").rglob("*.slab"))
+
+
+def test_a_rank_failing_mid_run_stops_all_and_keeps_a_partial_result(tmp_path: Path) -> None:
+    env = {"PYTHONPATH": os.pathsep.join([str(HERE / "plugins"), os.environ.get("PYTHONPATH", "")])}
+    proc, took = mpirun(4, *SMALL, "--duration", "60", "--results-dir", str(tmp_path / "r"),
+                        "--run-name", "broken", "--cache-dir", str(tmp_path / "c" / "{rank}"),
+                        "--set", "tiers.storage.kind=faulty", "--gpu-mem-gb", "0",
+                        "--cpu-mem-gb", "0", cwd=tmp_path, env=env, timeout=90)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "rank 1" in errors[0] and "No space left" in errors[0]
+    assert took < 45, "the other ranks did not stop promptly"
+    summary = json.loads((tmp_path / "r" / "broken" / "summary.json").read_text())
+    assert summary["complete"] is False and "rank 1" in summary["errors"][0]
+    with h5py.File(tmp_path / "r" / "broken" / "result.h5") as f:
+        assert bool(f.attrs["complete"]) is False
+    assert not list((tmp_path / "c").rglob("*.slab"))
