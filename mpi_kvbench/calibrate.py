@@ -20,6 +20,7 @@ def calibrate(params: StorageTier.Params, ctx: RankContext, object_bytes: int, i
               size_bytes: int) -> dict[str, Any]:
     """Writes then reads ``size_bytes`` through a fresh slab file; removes it after."""
     tier = StorageTier(params, size_bytes, object_bytes)
+    tier.file_tag = "-calibrate"
     tier.open(ctx)
     payload = PayloadSource(object_bytes, io_depth, "reuse")
     pool = IOPool([tier], object_bytes, io_depth, payload, verify=False)

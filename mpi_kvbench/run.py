@@ -20,6 +20,7 @@ from typing import Any
 
 from mpi_kvbench import SCHEMA_VERSION, __version__
 from mpi_kvbench.calibrate import calibrate
+from mpi_kvbench.chunks import Geometry
 from mpi_kvbench.comm import SerialComm, topology, world
 from mpi_kvbench.config import Config
 from mpi_kvbench.context import RankContext
@@ -115,11 +116,14 @@ def execute(cfg: Config, command_line: str) -> int:
     agree(comm, exc)
 
     # set-up
-    tiers, engine, exc = [], None, None
+    tiers, engine, exc, calibration = [], None, None, None
     try:
-        from mpi_kvbench.chunks import Geometry
-
         geometry = Geometry(cfg.model, cfg.kv.chunk_tokens, cfg.kv.tensor_parallel, cfg.kv.layout)
+        storage = [t for t in cfg.tiers if t.kind == "storage"]
+        if cfg.run.calibrate and storage:
+            comm.barrier()   # every rank calibrates at once, as they will run
+            calibration = calibrate(storage[0].params, ctx, geometry.object_bytes, cfg.io.io_depth,
+                                    min(storage[0].capacity_bytes, int(cfg.run.calibrate_gb * 1e9)))
         tiers = open_tiers(cfg, ctx, geometry.object_bytes)
         engine = Engine(cfg, tiers)
         workload = WORKLOADS.load(cfg.workload_kind)(cfg.workload, cfg.run.seed)
@@ -127,8 +131,9 @@ def execute(cfg: Config, command_line: str) -> int:
         exc = err
     try:
         agree(comm, exc)
+        calibration = comm.gather(calibration)
         return _measure(cfg, comm, group, ctx, engine, tiers, workload, out_dir, run_name,
-                        started, command_line)
+                        started, command_line, calibration)
     finally:
         if engine is not None:
             engine.close()
@@ -138,14 +143,7 @@ def execute(cfg: Config, command_line: str) -> int:
 
 def _measure(cfg: Config, comm: SerialComm, group: SerialComm, ctx: RankContext, engine: Engine,
              tiers: list, workload: Any, out_dir: str, run_name: str, started: datetime,
-             command_line: str) -> int:
-    calibration = None
-    if cfg.run.calibrate and "storage" in engine.names:
-        spec = next(t for t in cfg.tiers if t.level == "storage")
-        comm.barrier()
-        cal = calibrate(spec.params, ctx, engine.geometry.object_bytes, cfg.io.io_depth,
-                        min(spec.capacity_bytes, int(cfg.run.calibrate_gb * 1e9)))
-        calibration = comm.gather(cal)
+             command_line: str, calibration: list | None) -> int:
     requests = replica_requests(workload, ctx, comm)
     error = None
     start = time.perf_counter_ns()
@@ -254,6 +252,7 @@ def _write(cfg: Config, data: Any, ctx: RankContext, engine: Engine, out_dir: st
 
 def _calibration_summary(per_rank: list | None) -> dict[str, Any] | None:
     """All ranks calibrated at once: all their bytes over the slowest rank's time."""
+    per_rank = [c for c in per_rank or [] if c]
     if not per_rank:
         return None
     out = {"block_bytes": per_rank[0]["block_bytes"], "io_depth": per_rank[0]["io_depth"],

@@ -76,6 +76,7 @@ class StorageTier(Tier):
     """A slab file per rank on a local or shared file system, with O_DIRECT."""
 
     name = "storage"
+    file_tag = ""          # calibration sets its own, so its file never meets the run's
 
     @dataclasses.dataclass(frozen=True)
     class Params:
@@ -96,7 +97,7 @@ class StorageTier(Tier):
             raise ConfigError(f"tiers.storage.path: cannot create {base} ({exc.strerror});"
                               " choose a writable directory") from None
         self.dir = base
-        self.path = os.path.join(base, f"kvbench-{ctx.run_id}-rank{ctx.rank}.slab")
+        self.path = os.path.join(base, f"kvbench-{ctx.run_id}-rank{ctx.rank}{self.file_tag}.slab")
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
         self.fd = os.open(self.path, flags, 0o600)   # O_EXCL: never reuse someone's file
         self.o_direct = self.params.o_direct and self._try_direct(flags)
