@@ -30,6 +30,8 @@ class RankContext:
             rank=self.rank, local_rank=self.local_rank, node=self.node, host=self.host,
             group=self.group, run_id=self.run_id))
 
-    def scratch_dir(self) -> str:
-        """Where a tier with no path puts its files: a fresh directory in the temp dir."""
-        return os.path.join(tempfile.gettempdir(), f"mpi_kvbench-{self.run_id}", f"rank{self.rank}")
+    def scratch_dir(self, shared: bool = False) -> str:
+        """Where a tier with no path puts its files: a fresh directory in the temp dir,
+        one per rank, or one per TP group for a file the group shares."""
+        leaf = f"group{self.group}" if shared else f"rank{self.rank}"
+        return os.path.join(tempfile.gettempdir(), f"mpi_kvbench-{self.run_id}", leaf)

@@ -52,8 +52,11 @@ class RequestLog:
 class Engine:
     """One rank's cache hierarchy, I/O pool and request loop; testable without MPI."""
 
-    def __init__(self, cfg: Config, tiers: Sequence[Tier]) -> None:
+    def __init__(self, cfg: Config, tiers: Sequence[Tier], storage_writer: bool = True) -> None:
+        """``storage_writer`` False: another rank of the TP group writes the storage tier
+        (MLA one_writer mode); this one only reads it."""
         self.cfg = cfg
+        self.storage_writer = storage_writer
         self.tiers = list(tiers)
         self.names = [t.level for t in cfg.tiers]
         self.geometry = Geometry(cfg.model, cfg.kv.chunk_tokens, cfg.kv.tensor_parallel,
@@ -200,9 +203,20 @@ class Engine:
     def _write_ops(self, plan: Plan) -> list[Op]:
         ops = []
         for p in plan.placements:
+            if self._leave_to_writer(p.key, p.level):
+                continue
             self._seq += 1
             ops.append(Op(WRITE, p.key, dst=p.level, dst_slot=p.slot, seq=self._seq))
         return ops
+
+    def _leave_to_writer(self, key: int, level: int) -> bool:
+        """True when another rank of the group writes this storage object (one_writer).
+        Its bytes are the writer's, so this rank cannot verify them (checksum -1)."""
+        if self.storage_writer or self.names[level] != "storage":
+            return False
+        self.cache.index[key].checksum = -1
+        self.metrics.add("storage.writes_left_to_writer")
+        return True
 
     def _demote(self, plan: Plan) -> int:
         """Runs the plan's demotion stages (deepest tier first); drops need no I/O."""
@@ -214,7 +228,7 @@ class Engine:
             for mv in stage:
                 if mv.dst_level is None:
                     self.metrics.add(f"{self.names[mv.src_level]}.drops")
-                else:
+                elif not self._leave_to_writer(mv.key, mv.dst_level):
                     ops.append(self._move_op(mv))
             total += self._stage(ops, "demote")
         return total
@@ -239,7 +253,7 @@ class Engine:
                 span.setdefault(names[op.src], []).extend((d.start, d.start + d.read_ns))
                 if not d.ok:
                     m.add("verify_mismatches")
-                if self.cfg.io.verify:
+                if self.cfg.io.verify and op.crc >= 0:
                     m.add("verify_checked")
             if op.kind in (WRITE, MOVE):
                 self._record_io(names[op.dst], "write", phase, d.write_ns, d.write_bytes, t)
@@ -264,7 +278,7 @@ class Engine:
         m.tick(f"{tier}.{op}_bytes", t, nbytes)
         m.tick(f"{tier}.{op}_ops", t)
 
-    def close(self) -> None:
+    def close(self) -> None:   # idempotent
         self.pool.close()
         self.payload.close()
 

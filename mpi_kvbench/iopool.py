@@ -28,7 +28,7 @@ class Op:
     src_slot: int = -1
     dst: int = -1        # tier index written to
     dst_slot: int = -1
-    crc: int = 0         # expected checksum of what is read (verify mode)
+    crc: int = 0         # expected checksum of what is read (verify mode); -1: unknown
     seq: int = 0         # write sequence number, stamped into the payload
 
 
@@ -85,7 +85,7 @@ class IOPool:
         t0 = clock()
         nread = self.tiers[op.src].read(op.src_slot, buf)
         t1 = clock()
-        ok = pl.check(buf, op.key, op.crc) if self.verify else True
+        ok = pl.check(buf, op.key, op.crc) if self.verify and op.crc >= 0 else True
         if op.kind == READ:
             return Done(t0, t1, t1 - t0, 0, nread, 0, op.crc, ok)
         t2 = clock()

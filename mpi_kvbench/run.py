@@ -32,6 +32,7 @@ from mpi_kvbench.reduce import collect, group_latency
 from mpi_kvbench.registry import TIERS, WORKLOADS
 from mpi_kvbench.result import write_hdf5, write_summary
 from mpi_kvbench.summary import render, summarize
+from mpi_kvbench.tiers.storage import StorageTier, remove_dirs
 
 
 def agree(comm: SerialComm, exc: BaseException | None) -> None:
@@ -77,19 +78,40 @@ class Progress:
             sys.stderr.write("\n")
 
 
-def open_tiers(cfg: Config, ctx: RankContext, object_bytes: int) -> list:
+def open_tiers(cfg: Config, ctx: RankContext, group: SerialComm, object_bytes: int,
+               one_writer: bool) -> list:
+    """Opens every tier; with ``one_writer`` the group's leader creates the shared storage
+    file before the other ranks of its group open it."""
     tiers = []
     try:
         for spec in cfg.tiers:
             tier = TIERS.load(spec.kind)(spec.params, spec.capacity_bytes, object_bytes)
             tier.level = spec.level
-            tier.open(ctx)
+            if one_writer and isinstance(tier, StorageTier):
+                tier.group_role = "writer" if ctx.tp_rank == 0 else "reader"
+                _open_in_turn(tier, ctx, group)
+            else:
+                tier.open(ctx)
             tiers.append(tier)
     except BaseException:
         for tier in tiers:
             tier.close()
         raise
     return tiers
+
+
+def _open_in_turn(tier: StorageTier, ctx: RankContext, group: SerialComm) -> None:
+    if tier.group_role == "writer":
+        try:
+            tier.open(ctx)
+        except BaseException:
+            group.bcast(False)
+            raise
+        group.bcast(True)
+    elif group.bcast(None):
+        tier.open(ctx)
+    else:
+        raise ConfigError("tiers.storage: the TP group's writer could not create the shared file")
 
 
 def execute(cfg: Config, command_line: str) -> int:
@@ -120,16 +142,24 @@ def execute(cfg: Config, command_line: str) -> int:
     try:
         geometry = Geometry(cfg.model, cfg.kv.chunk_tokens, cfg.kv.tensor_parallel, cfg.kv.layout)
         storage = [t for t in cfg.tiers if t.kind == "storage"]
+        one_writer = (cfg.model.kind == "mla" and cfg.kv.mla_mode == "one_writer"
+                      and ctx.tp_size > 1)
         if cfg.run.calibrate and storage:
             comm.barrier()   # every rank calibrates at once, as they will run
             calibration = calibrate(storage[0].params, ctx, geometry.object_bytes, cfg.io.io_depth,
                                     min(storage[0].capacity_bytes, int(cfg.run.calibrate_gb * 1e9)))
-        tiers = open_tiers(cfg, ctx, geometry.object_bytes)
-        engine = Engine(cfg, tiers)
+        tiers = open_tiers(cfg, ctx, group, geometry.object_bytes, one_writer)
         workload = WORKLOADS.load(cfg.workload_kind)(cfg.workload, cfg.run.seed)
     except Exception as err:   # noqa: BLE001 - every rank must hear of it
         exc = err
     try:
+        agree(comm, exc)
+        for tier in tiers:   # a TP group's ranks must plan alike: the smallest capacity rules
+            tier.capacity_bytes = group.allreduce(tier.capacity_bytes, "min")
+        try:
+            engine = Engine(cfg, tiers, storage_writer=not one_writer or ctx.tp_rank == 0)
+        except Exception as err:   # noqa: BLE001
+            exc = err
         agree(comm, exc)
         calibration = comm.gather(calibration)
         return _measure(cfg, comm, group, ctx, engine, tiers, workload, out_dir, run_name,
@@ -185,7 +215,13 @@ def _measure(cfg: Config, comm: SerialComm, group: SerialComm, ctx: RankContext,
     env = describe(ctx, comm.library, [t.info() | {"level": t.level} for t in tiers])
     data = collect(comm, engine.metrics, elapsed, env, error)
     wall = (comm.allreduce(wall_start, "min"), comm.allreduce(wall_end, "max"))
-    comm.drain()
+    engine.close()
+    for tier in tiers:
+        tier.close()
+    comm.drain()   # every rank has closed: directories ranks made for each other are empty now
+    for tier in tiers:
+        if isinstance(tier, StorageTier):
+            remove_dirs(tier.made_dirs)
     if comm.rank != 0:
         return 1 if comm.bcast(None) else 0
     status = _write(cfg, data, ctx, engine, out_dir, run_name, started, command_line, wall,

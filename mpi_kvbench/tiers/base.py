@@ -76,7 +76,8 @@ class Tier(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None:
-        """Frees memory and removes every file this tier created (and nothing else)."""
+        """Frees memory and removes every file this tier created (and nothing else).
+        Safe to call twice: tear-down after a failure may reach it again."""
 
     def info(self) -> dict[str, Any]:
         """Facts for the result file: what backs the tier and how."""

@@ -92,7 +92,7 @@ class HbmTier(Tier):
         if self._torch is None:
             self._mem.close()
         else:
-            del self._buf
+            self._buf = None
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "device": self.device, "emulated": self.emulated}

@@ -10,6 +10,10 @@ I/O is ``os.preadv``/``os.pwritev`` on page-aligned buffers with ``O_DIRECT``; w
 file system refuses O_DIRECT the tier warns, falls back to buffered I/O and reports
 ``o_direct: false``. Capacity is the configured size, lowered to ``max_free_share`` of the
 free space so the run never fills the device.
+
+MLA ``one_writer`` mode: the TP group shares one file per group. The group's first rank
+(``group_role = "writer"``) creates it and is the only one to write; the others
+(``"reader"``) open the same file and read from it, and never delete it.
 """
 
 from __future__ import annotations
@@ -68,7 +72,9 @@ def remove_dirs(made: list[str]) -> None:
     for d in reversed(made):
         try:
             os.rmdir(d)
-        except OSError:
+        except FileNotFoundError:
+            continue
+        except OSError:   # not empty: someone else's files are in it
             break
 
 
@@ -77,6 +83,7 @@ class StorageTier(Tier):
 
     name = "storage"
     file_tag = ""          # calibration sets its own, so its file never meets the run's
+    group_role: str | None = None   # None: a file of this rank's; "writer"/"reader": shared
 
     @dataclasses.dataclass(frozen=True)
     class Params:
@@ -90,17 +97,24 @@ class StorageTier(Tier):
                     f"tiers.storage.max_free_share={self.max_free_share}: use a share in (0, 1]")
 
     def open(self, ctx: RankContext) -> None:
-        base = ctx.expand(self.params.path) if self.params.path else ctx.scratch_dir()
-        try:
-            self._made_dirs = make_dirs(base)
-        except OSError as exc:
-            raise ConfigError(f"tiers.storage.path: cannot create {base} ({exc.strerror});"
-                              " choose a writable directory") from None
+        shared = self.group_role is not None
+        base = ctx.expand(self.params.path) if self.params.path else ctx.scratch_dir(shared)
+        who = f"group{ctx.group}" if shared else f"rank{ctx.rank}"
         self.dir = base
-        self.path = os.path.join(base, f"kvbench-{ctx.run_id}-rank{ctx.rank}{self.file_tag}.slab")
-        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
-        self.fd = os.open(self.path, flags, 0o600)   # O_EXCL: never reuse someone's file
-        self.o_direct = self.params.o_direct and self._try_direct(flags)
+        self.path = os.path.join(base, f"kvbench-{ctx.run_id}-{who}{self.file_tag}.slab")
+        self._owner = self.group_role != "reader"
+        self.made_dirs: list[str] = []
+        if not self._owner:
+            self._open_shared()
+        else:
+            try:
+                self.made_dirs = make_dirs(base)
+            except OSError as exc:
+                raise ConfigError(f"tiers.storage.path: cannot create {base} ({exc.strerror});"
+                                  " choose a writable directory") from None
+            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
+            self.fd = os.open(self.path, flags, 0o600)   # O_EXCL: never reuse someone's file
+            self.o_direct = self.params.o_direct and self._try_direct(flags)
         st = os.statvfs(base)
         free = st.f_bavail * st.f_frsize
         self.configured_bytes = self.capacity_bytes
@@ -110,6 +124,17 @@ class StorageTier(Tier):
             raise ConfigError(f"tiers.storage.path: {base} has {free / 1e9:.2f} GB free, too little"
                               " for one object; free space or choose another path")
         self.fs = fs_type(base)
+
+    def _open_shared(self) -> None:
+        """A reader of a group's shared file: it must exist, created by the group's writer."""
+        try:
+            self.fd = os.open(self.path, os.O_RDONLY | (os.O_DIRECT if self.params.o_direct else 0))
+            self.o_direct = self.params.o_direct
+        except FileNotFoundError:
+            raise ConfigError(
+                f"tiers.storage.path: {self.path} (the TP group's shared file) is not there;"
+                " with kv.mla_mode=one_writer the path must be the same for the whole group"
+                " (drop {rank} and {local_rank} from it)") from None
 
     def _try_direct(self, flags: int) -> bool:
         """Reopens with O_DIRECT and proves it with one aligned write, or warns and falls back."""
@@ -156,9 +181,10 @@ class StorageTier(Tier):
         if getattr(self, "fd", -1) >= 0:
             os.close(self.fd)
             self.fd = -1
-            os.unlink(self.path)
-            remove_dirs(self._made_dirs)
+            if self._owner:
+                os.unlink(self.path)
+                remove_dirs(self.made_dirs)
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "path": self.path, "fs_type": self.fs, "o_direct": self.o_direct,
-                "configured_bytes": self.configured_bytes}
+                "configured_bytes": self.configured_bytes, "group_role": self.group_role}

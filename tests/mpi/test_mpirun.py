@@ -147,3 +147,29 @@ def test_a_rank_failing_mid_run_stops_all_and_keeps_a_partial_result(tmp_path: P
     with h5py.File(tmp_path / "r" / "broken" / "result.h5") as f:
         assert bool(f.attrs["complete"]) is False
     assert not list((tmp_path / "c").rglob("*.slab"))
+
+
+def test_mla_one_writer_group_shares_one_file(tmp_path: Path) -> None:
+    proc, _ = mpirun(4, "--model", "deepseek-v3", "--chunk-tokens", "16", "--tensor-parallel", "2",
+                     "--set", "kv.mla_mode=one_writer", "--gpu-mem-gb", "0.005", "--cpu-mem-gb",
+                     "0.01", "--storage-capacity-gb", "0.1", "--io-depth", "2", "--set",
+                     "workload.users=4", "--duration", "0", "--max-requests", "6", "--results-dir",
+                     str(tmp_path / "r"), "--run-name", "mla", "--cache-dir",
+                     str(tmp_path / "c" / "{group}"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "r" / "mla" / "summary.json").read_text())
+    assert summary["mla_mode"] == "one_writer"
+    # the latent is not split by TP: every rank's object holds the whole latent
+    assert summary["bytes_per_token_per_rank"] == 70272
+    with h5py.File(tmp_path / "r" / "mla" / "result.h5") as f:
+        cn = names(f["counters"])
+        c = f["counters/per_rank"][()]
+        writes = c[:, cn.index("storage.write_bytes")]
+        reads = c[:, cn.index("storage.read_bytes")]
+        env = [json.loads(e) for e in f["ranks/environment"][()]]
+    assert writes[0] > 0 and writes[2] > 0          # group leaders write
+    assert writes[1] == 0 and writes[3] == 0        # the others only read
+    assert reads[1] > 0 and reads[3] > 0
+    paths = [e["tiers"][-1]["path"] for e in env]
+    assert paths[0] == paths[1] != paths[2] == paths[3]
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").rglob("*"))
