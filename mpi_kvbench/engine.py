@@ -19,6 +19,7 @@ Per request:
 from __future__ import annotations
 
 import time
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -39,14 +40,15 @@ from mpi_kvbench.workloads.base import Request
 class RequestLog:
     """Per-request shard times of this rank (ns), kept for the TP-group max at the end."""
 
-    index: list[int] = field(default_factory=list)
-    e2e_ns: list[int] = field(default_factory=list)
-    prefill_ns: list[int] = field(default_factory=list)
+    index: array = field(default_factory=lambda: array("q"))
+    e2e_ns: array = field(default_factory=lambda: array("q"))
+    prefill_ns: array = field(default_factory=lambda: array("q"))
     qos: list[str] = field(default_factory=list)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return (np.asarray(self.index, dtype=np.int64), np.asarray(self.e2e_ns, dtype=np.int64),
-                np.asarray(self.prefill_ns, dtype=np.int64))
+        """Zero-copy int64 views of the three columns."""
+        return tuple(np.frombuffer(a, dtype=np.int64) for a in
+                     (self.index, self.e2e_ns, self.prefill_ns))
 
 
 class Engine:

@@ -77,7 +77,7 @@ class Histogram:
         values_ns = np.asarray(values_ns, dtype=np.int64)
         if values_ns.size == 0:
             return
-        np.add.at(self.counts, bucket_indices(values_ns), 1)
+        self.counts += np.bincount(bucket_indices(values_ns), minlength=N_BUCKETS)
         self.min_ns = min(self.min_ns, int(values_ns.min()))
         self.max_ns = max(self.max_ns, int(values_ns.max()))
         self.sum_ns += int(values_ns.sum())
