@@ -100,6 +100,33 @@ class IOSection:
         _choice(self, "io", "payload", ("fresh", "reuse"))
 
 
+QOS_TARGETS_MS = {   # DESIGN.md section 9: P95 / P99 / P99.9 / P99.99 per class
+    "interactive": {"p95": 50, "p99": 100, "p999": 150, "p9999": 200},
+    "responsive": {"p95": 100, "p99": 200, "p999": 350, "p9999": 500},
+    "batch": {"p95": 1000, "p99": 5000, "p999": 7500, "p9999": 10000},
+}
+QOS_PERCENTILES = {"p50": 50.0, "p95": 95.0, "p99": 99.0, "p999": 99.9, "p9999": 99.99}
+
+
+@dataclass(frozen=True)
+class QosSection:
+    """SLO targets per QoS class, checked against the TP-group latency of ``metric``."""
+
+    metric: str = "e2e"
+    targets_ms: dict = field(default_factory=lambda: {k: dict(v) for k, v in QOS_TARGETS_MS.items()})
+
+    def check(self) -> None:
+        _choice(self, "qos", "metric", ("e2e", "prefill_storage"))
+        for cls, targets in self.targets_ms.items():
+            if not isinstance(targets, dict):
+                raise ConfigError(f"qos.targets_ms.{cls}: expected a mapping like {{p95: 50, p99: 100}}")
+            for pct, ms in targets.items():
+                if pct not in QOS_PERCENTILES:
+                    _unknown(f"qos.targets_ms.{cls}.{pct}", pct, QOS_PERCENTILES)
+                if isinstance(ms, bool) or not isinstance(ms, int | float) or ms <= 0:
+                    raise ConfigError(f"qos.targets_ms.{cls}.{pct}={ms!r}: give a target in ms > 0")
+
+
 @dataclass(frozen=True)
 class TierSpec:
     """One tier level: its plug-in kind, capacity per rank, and the plug-in's own params."""
@@ -117,6 +144,7 @@ class Config:
     kv: KVSection
     engine: EngineSection
     io: IOSection
+    qos: QosSection
     workload_kind: str
     workload: Any
     tiers: tuple[TierSpec, ...]
@@ -129,7 +157,7 @@ class Config:
 
 
 SECTIONS = {"run": RunSection, "model": ModelSection, "kv": KVSection,
-            "engine": EngineSection, "io": IOSection}
+            "engine": EngineSection, "io": IOSection, "qos": QosSection}
 TOP_KEYS = (*SECTIONS, "models", "workload", "tiers")
 
 
@@ -158,7 +186,7 @@ def merge(base: dict, over: dict, where: str = "") -> dict:
     out = dict(base)
     for key, value in over.items():
         name = f"{where}{key}"
-        free = where.startswith(("models.", "tiers.", "workload."))
+        free = where.startswith(("models.", "tiers.", "workload.", "qos.targets_ms."))
         if key not in base and not free:
             _unknown(name, key, base)
         old = base.get(key)
@@ -255,6 +283,7 @@ def validate(raw: dict) -> Config:
         if getattr(t.params, "path", ""):
             check_path(t.params.path, f"tiers.{t.level}.path")
     return Config(run=run, model=model, kv=kv, engine=sections["engine"], io=sections["io"],
+                  qos=sections["qos"],
                   workload_kind=wl_kind, workload=workload, tiers=tuple(tiers), raw=raw)
 
 

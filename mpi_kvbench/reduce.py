@@ -50,22 +50,30 @@ class Collected:
 def group_latency(group: SerialComm, log: RequestLog, metrics: Metrics) -> None:
     """Adds the TP group's per-request latency (max over its shards) to the leader's metrics.
 
-    Every rank of a group served the same requests in the same order; the common prefix
-    of what they all completed is compared element-wise with one Reduce(MAX).
+    Every rank of a group serves the same requests; those that all of them completed are
+    matched by request index and compared element-wise (one gather inside the group).
     """
     index, e2e, prefill = log.arrays()
-    n = group.allreduce(len(index), op="min")
-    both = np.stack([e2e[:n], prefill[:n]]) if n else np.zeros((2, 0), dtype=np.int64)
-    worst = group.reduce_array(both, op="max")
+    shards = group.gather((index, e2e, prefill, log.qos))
     if group.rank != 0:
         return
-    for name, row in (("group.e2e", worst[0]), ("group.prefill_storage", worst[1])):
-        h = metrics.hist.setdefault(name, Histogram())
-        h.record_many(row)
-    qos = np.asarray(log.qos[:n])
-    for cls in sorted(set(log.qos[:n])):
-        metrics.hist.setdefault(f"group.qos.{cls}.e2e", Histogram()).record_many(worst[0][qos == cls])
-    metrics.add("group.requests_completed", n)
+    common = shards[0][0]
+    for idx, *_ in shards[1:]:
+        common = np.intersect1d(common, idx)
+    worst = np.zeros((2, common.size), dtype=np.int64)
+    qos = np.empty(common.size, dtype=object)
+    for idx, s_e2e, s_prefill, s_qos in shards:
+        at = np.searchsorted(idx, common, sorter=np.argsort(idx))
+        order = np.argsort(idx)[at]
+        worst[0] = np.maximum(worst[0], s_e2e[order])
+        worst[1] = np.maximum(worst[1], s_prefill[order])
+        qos = np.asarray(s_qos, dtype=object)[order]
+    for i, name in enumerate(("e2e", "prefill_storage")):
+        metrics.hist.setdefault(f"group.{name}", Histogram()).record_many(worst[i])
+        for cls in sorted(set(qos)):
+            metrics.hist.setdefault(f"group.qos.{cls}.{name}", Histogram()).record_many(
+                worst[i][qos == cls])
+    metrics.add("group.requests_completed", int(common.size))
 
 
 def collect(comm: SerialComm, metrics: Metrics, elapsed_ns: int, env: dict,

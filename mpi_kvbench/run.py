@@ -257,6 +257,8 @@ def _write(cfg: Config, data: Any, ctx: RankContext, engine: Engine, out_dir: st
         "potential_caching": bool(peak_by_host) and any(
             peak < memory_bytes() for peak in peak_by_host.values()),
         "calibration": _calibration_summary(calibration),
+        "qos_metric": cfg.qos.metric,
+        "qos_targets_ms": cfg.qos.targets_ms,
     }
     summary = summarize(data, run)
     attrs = {

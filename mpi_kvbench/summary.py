@@ -120,9 +120,11 @@ def summarize(data: Collected, run: dict[str, Any]) -> dict[str, Any]:
         },
         "qos": {
             cls: {"requests": int(sum(per_rank(f"qos.{cls}.requests")[leaders])),
-                  "e2e_ms": pcts_ms(_merged(data, f"group.qos.{cls}.e2e"))}
+                  "e2e_ms": pcts_ms(_merged(data, f"group.qos.{cls}.e2e")),
+                  "prefill_storage_ms": pcts_ms(_merged(data, f"group.qos.{cls}.prefill_storage"))}
             for cls in sorted({n.split(".")[1] for n in col if n.startswith("qos.")})
         },
+        "storage_health": storage_health(data, run["qos_metric"], run["qos_targets_ms"]),
         "cpu": {
             "process_s": round(cpu_s, 3),
             "generation_s": round(gen_s, 3),
@@ -139,6 +141,33 @@ def summarize(data: Collected, run: dict[str, Any]) -> dict[str, Any]:
     if run.get("calibration"):
         summary["calibration"] = run["calibration"]
     return summary
+
+
+def storage_health(data: Collected, metric: str, targets_ms: dict) -> dict[str, Any]:
+    """PASS/FAIL per QoS class: each targeted percentile of the class's TP-group latency
+    against its target. A percentile needs at least 100 / (100 - q) samples to mean
+    anything (20 for P95, 10,000 for P99.99); with fewer it is reported, not judged."""
+    classes: dict[str, Any] = {}
+    for cls, targets in sorted(targets_ms.items()):
+        name = f"group.qos.{cls}.{metric}"
+        h = data.hist(name) if name in data.hist_names else None
+        n = h.count if h is not None else 0
+        if n == 0:
+            continue
+        checks = {}
+        for key, target in targets.items():
+            q = PERCENTILES[key]
+            measured = h.percentile(q) / 1e6
+            judged = n >= 100.0 / (100.0 - q)
+            checks[key] = {"measured_ms": round(measured, 3), "target_ms": target,
+                           "pass": measured <= target if judged else None,
+                           "samples": n}
+        verdicts = [c["pass"] for c in checks.values() if c["pass"] is not None]
+        verdict = "NOT ENOUGH SAMPLES" if not verdicts else "PASS" if all(verdicts) else "FAIL"
+        classes[cls] = {"verdict": verdict, "requests": n, "checks": checks}
+    judged = [c["verdict"] for c in classes.values() if c["verdict"] != "NOT ENOUGH SAMPLES"]
+    overall = "NO DATA" if not judged else "PASS" if all(v == "PASS" for v in judged) else "FAIL"
+    return {"verdict": overall, "metric": metric, "classes": classes}
 
 
 def render(s: dict[str, Any]) -> str:
@@ -179,6 +208,13 @@ def render(s: dict[str, Any]) -> str:
         f"  CPU: {s['cpu']['io_path_s_per_gb']} s/GB on the I/O path,"
         f" {s['cpu']['generation_s_per_gb']} s/GB generating payload",
     ]
+    health = s["storage_health"]
+    lines.append(f"  storage health ({health['metric']} latency per QoS class): {health['verdict']}")
+    for cls, c in health["classes"].items():
+        checks = ", ".join(
+            f"{k} {v['measured_ms']:.1f}/{v['target_ms']} ms" + ("" if v["pass"] is not None else "?")
+            for k, v in c["checks"].items())
+        lines.append(f"    {cls:12} {c['verdict']:5} ({c['requests']} requests) {checks}")
     if s["errors"]:
         lines.append(f"  errors: {s['errors'][0]}")
     return "\n".join(lines)
