@@ -104,13 +104,14 @@ class Hierarchy:
         return hits
 
     def place(self, keys: Sequence[Hashable], pinned: set[Hashable],
-              promote: Sequence[Hashable] = ()) -> Plan:
-        """Plans room for new ``keys`` (and moves ``promote`` keys up to the top tier)."""
+              promote: Sequence[Hashable] = (), level: int = 0) -> Plan:
+        """Plans room for new ``keys`` at ``level`` or below (and moves ``promote`` keys up
+        to the top tier)."""
         moves: dict[int, list[Move]] = {}
         pinned = set(pinned) | set(keys) | set(promote)
         placements = []
         for key in keys:
-            where = self._alloc(0, pinned, moves)
+            where = self._alloc(level, pinned, moves)
             if where is not None:
                 self._insert(key, *where)
                 placements.append(Placement(key, *where))

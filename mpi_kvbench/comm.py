@@ -17,6 +17,7 @@ from mpi_kvbench.errors import ConfigError
 
 TAG_STOP = 7001        # "stop now": a rank failed, or the stonewall fell
 TAG_TRACE = 7002       # batches of requests from rank 0
+TAG_HANDOFF = 7003     # disaggregated serving: prefill -> decode
 
 
 class SerialComm:
@@ -59,6 +60,12 @@ class SerialComm:
 
     def recv(self, source: int = 0, tag: int = TAG_TRACE) -> Any:
         raise RuntimeError("a world of one rank has nobody to receive from")
+
+    def post(self, obj: Any, dest: int, tag: int) -> None:
+        raise RuntimeError("a world of one rank has nobody to post to")
+
+    def poll(self, tag: int) -> Any:
+        return None
 
     def notify_stop(self, reason: str) -> None:
         pass
@@ -132,6 +139,18 @@ class MpiComm(SerialComm):
 
     def recv(self, source: int = 0, tag: int = TAG_TRACE) -> Any:
         return self.comm.recv(source=source, tag=tag)
+
+    def post(self, obj: Any, dest: int, tag: int) -> None:
+        """Sends without waiting; ``drain`` completes it."""
+        self._sent.append(self.comm.isend(obj, dest=dest, tag=tag))
+        if len(self._sent) > 256:   # keep the list short on long runs
+            self._sent = [r for r in self._sent if not r.Test()]
+
+    def poll(self, tag: int) -> Any:
+        """A message with ``tag`` from anyone, or None when none has arrived."""
+        if self.comm.Iprobe(source=self._MPI.ANY_SOURCE, tag=tag):
+            return self.comm.recv(source=self._MPI.ANY_SOURCE, tag=tag)
+        return None
 
     def notify_stop(self, reason: str) -> None:
         """Tells every other rank to stop (non-blocking); they see it in ``stop_requested``."""

@@ -39,10 +39,14 @@ class RunSection:
     run_name: str = ""
     calibrate: bool = False
     calibrate_gb: float = 1.0
+    precondition: float = 0.0
 
     def check(self) -> None:
         _non_negative(self, "run", ("duration_s", "max_requests", "warmup_s"))
         _positive(self, "run", ("calibrate_gb",))
+        if not 0 <= self.precondition <= 1:
+            raise ConfigError(f"run.precondition={self.precondition}: give a share of the storage"
+                              " capacity between 0 and 1")
         if self.duration_s == 0 and self.max_requests == 0:
             raise ConfigError("run.duration_s and run.max_requests are both 0: set one of them")
         if "/" in self.run_name or self.run_name in (".", ".."):
@@ -77,9 +81,11 @@ class EngineSection:
     policy: str = "lru"
     high_watermark: float = 0.95
     low_watermark: float = 0.85
+    prefill_groups: int = 0
 
     def check(self) -> None:
         _choice(self, "engine", "decode_mode", ("end", "reference"))
+        _non_negative(self, "engine", ("prefill_groups",))
         _choice(self, "engine", "promotion", ("none", "hbm"))
         _positive(self, "engine", ("decode_batch",))
         _non_negative(self, "engine", ("prefill_tokens_per_s", "time_per_output_token_ms"))

@@ -20,14 +20,17 @@ from mpi_kvbench.workloads.base import Request, Workload
 BATCH = 2000
 
 
-def replica_requests(workload: Workload, ctx: RankContext, comm: SerialComm) -> Iterator[Request]:
-    """This rank's requests, in trace order."""
+def replica_requests(workload: Workload, ctx: RankContext, comm: SerialComm,
+                     serving: int | None = None) -> Iterator[Request]:
+    """This rank's requests, in trace order. Only the first ``serving`` groups (default
+    all) take requests from the trace: with disaggregated serving, the prefill groups."""
+    serving = serving or ctx.replicas
     if workload.partitionable:
-        return workload.requests(ctx.group, ctx.replicas)
+        return workload.requests(ctx.group, serving) if ctx.group < serving else iter(())
     if comm.size == 1:
         return workload.requests()
     if comm.rank == 0:
-        mine = _scatter(workload, ctx, comm)
+        mine = _scatter(workload, ctx, comm, serving)
     else:
         mine = []
         while (batch := comm.recv(source=0)) is not None:
@@ -35,7 +38,8 @@ def replica_requests(workload: Workload, ctx: RankContext, comm: SerialComm) -> 
     return iter(mine)
 
 
-def _scatter(workload: Workload, ctx: RankContext, comm: SerialComm) -> list[Request]:
+def _scatter(workload: Workload, ctx: RankContext, comm: SerialComm,
+             serving: int) -> list[Request]:
     tp = ctx.tp_size
     pending: list[list[Request]] = [[] for _ in range(ctx.replicas)]
     mine: list[Request] = []
@@ -49,7 +53,7 @@ def _scatter(workload: Workload, ctx: RankContext, comm: SerialComm) -> list[Req
         pending[group] = []
 
     for req in workload.requests():
-        group = req.user % ctx.replicas
+        group = req.user % serving
         pending[group].append(req)
         if len(pending[group]) >= BATCH:
             flush(group)

@@ -79,6 +79,9 @@ class Engine:
         self._stop: Callable[[], object] = lambda: None
         self.completed = 0
         self.peak_used = [0] * len(self.tiers)
+        self.io_names = list(self.names)   # the pool's tiers: these, plus peers' files read
+        self.write_level = 0               # where new chunks land; storage on prefill groups
+        self.handoff: Callable[[Request, list[int], int, int], None] | None = None
 
     # -- phases -----------------------------------------------------------------------
     def start_phase(self, start_ns: int) -> None:
@@ -108,10 +111,32 @@ class Engine:
                 progress(self)
         return "share"
 
+    def precondition(self, share: float, batch: int = 64) -> int:
+        """Fills the storage tier to ``share`` of its slots with objects no request will
+        ever ask for (keys outside the 64-bit chain space), so an SSD is measured in
+        steady state and the cache starts full. Not measured; returns objects written."""
+        if "storage" not in self.names:
+            return 0
+        level = self.names.index("storage")
+        target = int(share * self.cache.levels[level].slots)
+        written = 0
+        while self.cache.levels[level].used < target:
+            n = min(batch, target - self.cache.levels[level].used)
+            keys = [(1 << 64) + self._seq + i for i in range(n)]
+            plan = self.cache.place(keys, pinned=set(), level=level)
+            self._stage(self._write_ops(plan), "precondition")
+            written += len(plan.placements)
+            if not plan.placements:
+                break
+        return written
+
     # -- one request --------------------------------------------------------------------
     def serve(self, req: Request, deadline_ns: int | None = None) -> bool:
-        """Serves one request; False when its intended arrival falls after the deadline."""
-        cfg, m = self.cfg, self.metrics
+        """Serves one request; False when its intended arrival falls after the deadline.
+
+        With a ``handoff`` (a prefill-only group of disaggregated serving) the request
+        ends after prefill, its chunks written to storage, and ``handoff`` tells a
+        decode group where they are."""
         intended = self._intended_ns(req)
         if deadline_ns is not None and intended >= deadline_ns:
             return False
@@ -121,8 +146,46 @@ class Engine:
             time.sleep(min(0.2, (intended - now) / 1e9))
         start = now
         self.cache.now = (start - self.phase_start_ns) / 1e9
+        keys, storage_ns = self._prefill(req)
+        prefill_done = time.perf_counter_ns()
+        self.metrics.record("request.ttft_proxy", prefill_done - intended)
+        self.metrics.record("request.queue", start - intended)
+        if self.handoff is not None:
+            self.handoff(req, keys, intended, storage_ns)
+            self.completed += 1
+            self.metrics.add("requests_prefilled")
+            return True
+        self._decode(req, keys)
+        self._finish(req, intended, storage_ns, start - intended)
+        return True
 
-        # prefill
+    def serve_handoff(self, req: Request, peer: Tier, slots: list[int], keys: list[int],
+                      crcs: list[int], intended: int, prefill_storage_ns: int,
+                      written_ns: int) -> None:
+        """Decode side of disaggregated serving: reads the chunks a prefill group wrote
+        back through the storage tier (its file, ``peer``), loads them into this rank's
+        own tiers, decodes, and writes the new chunks. ``written_ns`` (this node's
+        perf_counter clock) is when the prefill's writes were done."""
+        if peer not in self.pool.tiers:
+            self.pool.tiers.append(peer)
+            self.io_names.append("storage")
+        src = self.pool.tiers.index(peer)
+        waited = time.perf_counter_ns() - written_ns
+        self.cache.now = (time.perf_counter_ns() - self.phase_start_ns) / 1e9
+        ops = [Op(READ, k, src, slot, crc=c) for k, slot, c in zip(keys, slots, crcs, strict=True)]
+        self._stage(ops, "handoff")
+        self.metrics.record("handoff", time.perf_counter_ns() - written_ns)
+        self.metrics.add("handoff_chunks", len(ops))
+        plan = self.cache.place([k for k in keys if k not in self.cache], pinned=set(keys))
+        self._demote(plan)
+        self._stage(self._write_ops(plan), "handoff")
+        self._decode(req, keys)
+        self._finish(req, intended, prefill_storage_ns, waited)
+
+    def _prefill(self, req: Request) -> tuple[list[int], int]:
+        """Looks up the chain, reads the hits, writes the missing chunks; returns the
+        prompt's object keys and the storage time spent."""
+        cfg = self.cfg
         ct = cfg.kv.chunk_tokens
         chunks = chunk_keys(req.segments, ct)
         keys = self.geometry.object_keys(chunks)
@@ -132,7 +195,8 @@ class Engine:
         promoted = set(promote)
         reads = [Op(READ, k, e.level, e.slot, crc=e.checksum) for k, e in hits if k not in promoted]
         new = [k for k in keys[len(hits):] if k not in self.cache]
-        plan = self.cache.place(new, pinned={k for k, _ in hits}, promote=promote)
+        plan = self.cache.place(new, pinned={k for k, _ in hits}, promote=promote,
+                                level=self.write_level)
         storage_ns = self._demote(plan)
         reads += [self._move_op(mv) for mv in plan.promotions]
         storage_ns += self._stage(reads, "prefill")
@@ -140,9 +204,11 @@ class Engine:
         if cfg.engine.prefill_tokens_per_s > 0:
             time.sleep((req.prompt_tokens - hit_tokens) / cfg.engine.prefill_tokens_per_s)
         storage_ns += self._stage(self._write_ops(plan), "prefill")
-        prefill_done = time.perf_counter_ns()
+        return keys, storage_ns
 
-        # decode
+    def _decode(self, req: Request, keys: list[int]) -> None:
+        """Generates the output (simulated), then writes the new full chunks."""
+        cfg = self.cfg
         if cfg.engine.decode_mode == "reference":
             for _ in range(req.output_tokens // cfg.engine.decode_batch):
                 held = self.cache.lookup(keys)
@@ -150,21 +216,21 @@ class Engine:
                             "decode")
         if cfg.engine.time_per_output_token_ms > 0:
             time.sleep(req.output_tokens * cfg.engine.time_per_output_token_ms / 1e3)
-        after = self.geometry.object_keys(chunk_keys(req.context_after(), ct))
+        after = self.geometry.object_keys(chunk_keys(req.context_after(), cfg.kv.chunk_tokens))
         new = [k for k in after if k not in self.cache]
         held = {k for k in after if k in self.cache}
         plan = self.cache.place(new, pinned=held)
         self._demote(plan)
         self._stage(self._write_ops(plan), "decode")
-        done = time.perf_counter_ns()
 
+    def _finish(self, req: Request, intended: int, storage_ns: int, queue_ns: int) -> None:
+        m = self.metrics
+        done = time.perf_counter_ns()
         self._user_done_ns[req.user] = done
         self.completed += 1
         t = (done - self.phase_start_ns) / 1e9
         m.record("request.e2e", done - intended)
-        m.record("request.queue", start - intended)
         m.record("request.prefill_storage", storage_ns)
-        m.record("request.ttft_proxy", prefill_done - intended)
         m.record(f"qos.{req.qos}.e2e", done - intended)
         m.record(f"qos.{req.qos}.prefill_storage", storage_ns)
         m.add("requests_completed")
@@ -172,12 +238,11 @@ class Engine:
         m.add("prompt_tokens", req.prompt_tokens)
         m.add("output_tokens", req.output_tokens)
         m.tick("requests", t)
-        m.peak("queue_delay_ms_max", t, (start - intended) / 1e6)
+        m.peak("queue_delay_ms_max", t, queue_ns / 1e6)
         self.log.index.append(req.index)
         self.log.e2e_ns.append(done - intended)
         self.log.prefill_ns.append(storage_ns)
         self.log.qos.append(req.qos)
-        return True
 
     def _intended_ns(self, req: Request) -> int:
         if req.think_s is not None and req.user in self._user_done_ns:
@@ -246,7 +311,7 @@ class Engine:
         return wall
 
     def _record(self, ops: list[Op], results: list[Done], phase: str) -> None:
-        m, names = self.metrics, self.names
+        m, names = self.metrics, self.io_names
         span: dict[str, list[int]] = {}
         for op, d in zip(ops, results, strict=True):
             t = (d.end - self.phase_start_ns) / 1e9

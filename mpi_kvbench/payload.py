@@ -27,6 +27,7 @@ from mpi_kvbench.tiers.base import aligned_buffer
 BLOCK = 4096
 STAMP_WORDS = 3           # key, write sequence, byte offset (uint64 each)
 GEN_STREAM_BYTES = 1 << 40
+MASK64 = (1 << 64) - 1
 
 
 def block_view(buf: mmap.mmap | memoryview) -> np.ndarray:
@@ -36,7 +37,7 @@ def block_view(buf: mmap.mmap | memoryview) -> np.ndarray:
 
 def stamp(buf: mmap.mmap, key: int, seq: int) -> None:
     words = block_view(buf)
-    words[:, 0] = key
+    words[:, 0] = key & MASK64
     words[:, 1] = seq
     words[:, 2] = np.arange(words.shape[0], dtype=np.uint64) * BLOCK
 
@@ -49,7 +50,7 @@ def check(buf: mmap.mmap | memoryview, key: int, expected_crc: int) -> bool:
     """True when every block carries ``key`` and its own offset and the CRC matches."""
     words = block_view(buf)
     offsets = np.arange(words.shape[0], dtype=np.uint64) * BLOCK
-    good = bool(np.all(words[:, 0] == np.uint64(key)) and np.all(words[:, 2] == offsets))
+    good = bool(np.all(words[:, 0] == np.uint64(key & MASK64)) and np.all(words[:, 2] == offsets))
     return good and zlib.crc32(buf) == expected_crc
 
 

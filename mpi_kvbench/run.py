@@ -18,7 +18,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from mpi_kvbench import SCHEMA_VERSION, __version__
+from mpi_kvbench import SCHEMA_VERSION, __version__, disagg
 from mpi_kvbench.calibrate import calibrate
 from mpi_kvbench.chunks import Geometry
 from mpi_kvbench.comm import SerialComm, topology, world
@@ -123,6 +123,7 @@ def execute(cfg: Config, command_line: str) -> int:
     run_name = cfg.run.run_name or run_id
     out_dir = os.path.join(cfg.run.results_dir, run_name)
     ctx, group = topology(comm, cfg.kv.tensor_parallel, run_id)
+    disagg.check(cfg.engine.prefill_groups, ctx, [t.level for t in cfg.tiers])
 
     exc = None
     if comm.rank == 0:
@@ -174,11 +175,17 @@ def execute(cfg: Config, command_line: str) -> int:
 def _measure(cfg: Config, comm: SerialComm, group: SerialComm, ctx: RankContext, engine: Engine,
              tiers: list, workload: Any, out_dir: str, run_name: str, started: datetime,
              command_line: str, calibration: list | None) -> int:
-    requests = replica_requests(workload, ctx, comm)
+    k = cfg.engine.prefill_groups
+    prefill, decode = bool(k) and ctx.group < k, bool(k) and ctx.group >= k
+    requests = replica_requests(workload, ctx, comm, k or None)
+    if prefill:
+        disagg.attach_prefill(engine, comm, ctx, k)
     error = None
     start = time.perf_counter_ns()
     wall_start, elapsed = time.time_ns(), 0
     try:
+        if cfg.run.precondition > 0:
+            engine.precondition(cfg.run.precondition)
         if cfg.run.warmup_s > 0:
             comm.barrier()
             t0 = time.perf_counter_ns()
@@ -192,8 +199,14 @@ def _measure(cfg: Config, comm: SerialComm, group: SerialComm, ctx: RankContext,
         stalls0 = engine.payload.stalls
         deadline = start + int(cfg.run.duration_s * 1e9) if cfg.run.duration_s else None
         progress = Progress(comm.rank == 0, start, cfg.run.duration_s)
-        why = engine.replay(requests, deadline, cfg.run.max_requests, stop=comm.stop_requested,
-                            progress=progress)
+        if decode:
+            o_direct = all(t.info().get("o_direct", True) for t in tiers)
+            why = disagg.decode_loop(engine, comm, k, o_direct)
+        else:
+            why = engine.replay(requests, deadline, cfg.run.max_requests,
+                                stop=comm.stop_requested, progress=progress)
+        if prefill:
+            disagg.finish_prefill(comm, ctx, k)
         elapsed = time.perf_counter_ns() - start
         progress.done()
         if why == "share" and cfg.run.stonewall:
@@ -257,6 +270,7 @@ def _write(cfg: Config, data: Any, ctx: RankContext, engine: Engine, out_dir: st
         "potential_caching": bool(peak_by_host) and any(
             peak < memory_bytes() for peak in peak_by_host.values()),
         "calibration": _calibration_summary(calibration),
+        "prefill_groups": cfg.engine.prefill_groups,
         "qos_metric": cfg.qos.metric,
         "qos_targets_ms": cfg.qos.targets_ms,
     }

@@ -111,6 +111,13 @@ def summarize(data: Collected, run: dict[str, Any]) -> dict[str, Any]:
             "latency_ms": pcts_ms(_merged(data, "demotion")),
         },
         "promotions": {"count": data.counter("promotions"), "bytes": data.counter("promotion_bytes")},
+        "disaggregated": {
+            "prefill_groups": run.get("prefill_groups", 0),
+            "requests_prefilled": data.counter("requests_prefilled"),
+            "handoff_chunks_sent": data.counter("handoff_chunks_sent"),
+            "handoff_chunks_read": data.counter("handoff_chunks"),
+            "handoff_latency_ms": pcts_ms(_merged(data, "handoff")),
+        },
         "latency_ms": {
             "request_e2e": pcts_ms(_merged(data, "request.e2e")),
             "request_queue": pcts_ms(_merged(data, "request.queue")),

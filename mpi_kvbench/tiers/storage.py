@@ -188,3 +188,21 @@ class StorageTier(Tier):
     def info(self) -> dict[str, Any]:
         return {**super().info(), "path": self.path, "fs_type": self.fs, "o_direct": self.o_direct,
                 "configured_bytes": self.configured_bytes, "group_role": self.group_role}
+
+
+class PeerFile:
+    """Another rank's slab file, opened read-only (the decode side of disaggregated
+    serving reads what a prefill rank wrote). Never written or deleted here."""
+
+    name = "storage"
+
+    def __init__(self, path: str, object_bytes: int, o_direct: bool) -> None:
+        self.path, self.object_bytes = path, object_bytes
+        self.fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if o_direct else 0))
+
+    read = StorageTier.read
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

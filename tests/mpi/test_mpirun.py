@@ -173,3 +173,26 @@ def test_mla_one_writer_group_shares_one_file(tmp_path: Path) -> None:
     paths = [e["tiers"][-1]["path"] for e in env]
     assert paths[0] == paths[1] != paths[2] == paths[3]
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").rglob("*"))
+
+
+def test_disaggregated_every_prefill_written_chunk_is_read_by_decode(tmp_path: Path) -> None:
+    # storage large enough that no prefill slot is reused before its decode read
+    summary, f = run_ok(tmp_path, "pd", 4, "--set", "engine.prefill_groups=2",
+                        "--set", "io.verify=true", "--storage-capacity-gb", "0.5")
+    with f:
+        cn = names(f["counters"])
+        c = f["counters/per_rank"][()]
+    col = {n: c[:, i] for i, n in enumerate(cn)}
+    prefill, decode = [0, 1], [2, 3]
+    # prefill ranks write new chunks only to storage, and hand every one of them over
+    assert col["storage.write_ops"][prefill].sum() > 0
+    assert col["handoff_chunks_sent"][prefill].sum() >= col["storage.write_ops"][prefill].sum()
+    # the decode ranks read every handed-over chunk back from the prefill ranks' files
+    assert col["handoff_chunks"][decode].sum() == col["handoff_chunks_sent"][prefill].sum()
+    assert col["storage.read_bytes"][decode].sum() >= col["storage.write_bytes"][prefill].sum()
+    assert "verify_mismatches" not in col or col["verify_mismatches"].sum() == 0
+    assert col["verify_checked"][decode].sum() > 0
+    # requests complete on the decode side; every prefilled request was completed
+    assert col["requests_prefilled"][prefill].sum() == 16
+    assert summary["requests_completed"] == 16
+    assert summary["disaggregated"]["handoff_latency_ms"]["p50"] > 0

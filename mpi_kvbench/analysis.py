@@ -1,0 +1,497 @@
+"""Results into pandas, for notebooks: ``load("results/run/result.h5")`` and go.
+
+The console table and summary.json carry the headlines; this module reaches the rest of
+``result.h5`` (per-rank histograms, counters, time series, environment) without anyone
+having to learn the HDF5 layout (docs/RESULTS.md). Percentiles are recomputed from the
+stored bucket counts with :func:`mpi_kvbench.metrics.percentile`, the function summary.json
+uses, so a notebook and the summary never disagree.
+
+pandas is an optional dependency (``pip install 'mpi_kvbench[analysis]'``); matplotlib is
+needed only by :func:`plot_report`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import h5py
+import numpy as np
+
+from mpi_kvbench.metrics import EDGES, percentile
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+SCHEMA_VERSION = 1
+#: The percentiles reported, as in summary.json (``mpi_kvbench.summary.PERCENTILES``).
+PERCENTILES = {"p50": 50, "p95": 95, "p99": 99, "p999": 99.9, "p9999": 99.99}
+#: Root attributes written as ``str(python_value)`` ("True", "None"), not JSON.
+_PY_LITERAL_ATTRS = ("o_direct", "hbm_emulated", "mla_mode")
+#: Histogram families whose members summary.json pools: ``demotion.<tier>`` -> ``demotion``.
+_FAMILIES = ("demotion", "promotion")
+_OPS = ("read", "write")
+
+PathLike = str | os.PathLike
+
+
+def _pandas() -> Any:
+    try:
+        import pandas
+    except ImportError as err:   # pragma: no cover - depends on the environment
+        raise ImportError("mpi_kvbench.analysis needs pandas: pip install 'mpi_kvbench[analysis]'"
+                          " (or pip install pandas)") from err
+    return pandas
+
+
+@dataclass
+class _Hist:
+    """The merged histogram arrays (small) and where the per-rank ones are (read lazily:
+    they grow with ranks x histograms x 3585 buckets)."""
+
+    path: str
+    names: list[str]
+    merged: np.ndarray            # [H, B]
+    min_ns: np.ndarray            # [H]
+    max_ns: np.ndarray
+    sum_ns: np.ndarray
+    world_size: int
+
+    def rows(self, name: str) -> list[int]:
+        """The stored histograms ``name`` stands for: itself, or every ``name.<anything>``
+        (as summary.json pools ``storage.read.*`` into ``storage.read``)."""
+        rows = [i for i, n in enumerate(self.names) if n == name or n.startswith(name + ".")]
+        if not rows:
+            raise KeyError(f"no histogram {name!r} in {self.path}; there are: {', '.join(self.names)}")
+        return rows
+
+    def per_rank(self, rank: int) -> np.ndarray:
+        """[H, B] counts of one rank."""
+        if not 0 <= rank < self.world_size:
+            raise IndexError(f"rank {rank} out of range: the run had {self.world_size} ranks")
+        with h5py.File(self.path, "r") as f:
+            return f["histograms/per_rank"][rank]
+
+
+@dataclass
+class Result:
+    """One run's result.h5 as plain Python and pandas objects."""
+
+    path: str
+    attrs: dict[str, Any]
+    config: str
+    summary: dict[str, Any]
+    #: One row per rank (index ``rank``), one column per counter.
+    counters: pd.DataFrame
+    #: The counters summed over ranks (the ``counters/merged`` dataset).
+    counters_merged: pd.Series
+    #: Long format: histogram, rank ("all" or int), tier, op, phase, rollup, count, mean_ms,
+    #: min_ms, p50_ms ... p9999_ms, max_ms.
+    percentiles: pd.DataFrame
+    #: Long format: rank, second (start of the 1-s bin), series, value.
+    timeseries: pd.DataFrame
+    #: One row per rank from ``ranks/environment`` (nested keys flattened with "."), plus
+    #: ``elapsed_s``, the rank's measured phase.
+    environment: pd.DataFrame
+    errors: list[str] = field(default_factory=list)
+    #: Width of a time-series bin (s).
+    interval_s: float = 1.0
+    _hist: _Hist | None = field(default=None, repr=False)
+
+    @property
+    def run_name(self) -> str:
+        return str(self.attrs.get("run_name", os.path.basename(os.path.dirname(self.path))))
+
+    @property
+    def tiers(self) -> list[str]:
+        """The tier names, top (fastest) first."""
+        return list(self.summary.get("tiers", {}))
+
+
+# -- loading ------------------------------------------------------------------------------
+
+def result_path(path: PathLike) -> str:
+    """``path`` itself when it is a file, else ``path/result.h5`` (a run directory)."""
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        p = os.path.join(p, "result.h5")
+    if not os.path.isfile(p):
+        raise FileNotFoundError(f"no result at {os.fspath(path)} (expected a result.h5 or its run directory)")
+    return p
+
+
+def _strings(ds: h5py.Dataset) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in ds[()]]
+
+
+def _attr(key: str, value: Any) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str):
+        if key in _PY_LITERAL_ATTRS and value in ("True", "False", "None"):
+            return {"True": True, "False": False, "None": None}[value]
+        if value[:1] in ("{", "["):   # write_hdf5 stores dicts and lists as JSON
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError:
+                return value
+    return value
+
+
+def load(path: PathLike) -> Result:
+    """Loads a result.h5 (or the run directory that holds one) into a :class:`Result`."""
+    pd = _pandas()
+    p = result_path(path)
+    with h5py.File(p, "r") as f:
+        attrs = {k: _attr(k, v) for k, v in f.attrs.items()}
+        version = attrs.get("schema_version")
+        if version != SCHEMA_VERSION:
+            warnings.warn(f"{p}: schema_version {version}, this reader knows {SCHEMA_VERSION}",
+                          stacklevel=2)
+        h = f["histograms"]
+        hist = _Hist(p, _strings(h["names"]), h["merged"][()], h["merged_min_ns"][()],
+                     h["merged_max_ns"][()], h["merged_sum_ns"][()], int(f["ranks/elapsed_ns"].shape[0]))
+        c = f["counters"]
+        counter_names = _strings(c["names"])
+        counters = pd.DataFrame(c["per_rank"][()], columns=counter_names,
+                                index=pd.RangeIndex(hist.world_size, name="rank"))
+        counters_merged = pd.Series(c["merged"][()], index=counter_names, name="merged")
+        t = f["timeseries"]
+        interval_s = float(t.attrs.get("interval_s", 1.0))
+        timeseries = _timeseries(pd, _strings(t["names"]), t["per_rank"][()], interval_s)
+        env = [json.loads(e) for e in _strings(f["ranks/environment"])]
+        elapsed = f["ranks/elapsed_ns"][()]
+        errors = _strings(f["errors"]) if "errors" in f else []
+    summary = attrs.get("summary") or {}
+    environment = pd.json_normalize(env) if env else pd.DataFrame()
+    environment["elapsed_s"] = elapsed / 1e9
+    environment.index = pd.RangeIndex(len(environment), name="rank")
+    tiers = list(summary.get("tiers", {})) or _guess_tiers(hist.names)
+    return Result(p, attrs, str(attrs.get("config_yaml", "")), summary, counters, counters_merged,
+                  _percentiles(pd, hist, tiers), timeseries, environment, errors, interval_s, hist)
+
+
+def _guess_tiers(names: Iterable[str]) -> list[str]:
+    return sorted({n.split(".")[0] for n in names if n.count(".") == 2 and n.split(".")[1] in _OPS})
+
+
+def _timeseries(pd: Any, names: list[str], data: np.ndarray, interval_s: float) -> pd.DataFrame:
+    n, s, t = data.shape
+    rank, series, second = np.meshgrid(np.arange(n), np.arange(s), np.arange(t), indexing="ij")
+    return pd.DataFrame({
+        "rank": rank.ravel(),
+        "second": second.ravel() * interval_s,
+        "series": pd.Categorical.from_codes(series.ravel(), categories=names) if names
+        else pd.Categorical([]),
+        "value": data.ravel(),
+    })
+
+
+# -- histograms and percentiles -----------------------------------------------------------
+
+def _split(name: str, tiers: Sequence[str]) -> tuple[str | None, str | None, str | None]:
+    """tier, op, phase of a histogram name, where they apply."""
+    parts = name.split(".")
+    if parts[0] in tiers and len(parts) >= 2 and parts[1] in _OPS:
+        return parts[0], parts[1], parts[2] if len(parts) > 2 else "all"
+    if parts[0] in _FAMILIES:   # demotion.<source tier>
+        return (parts[1] if len(parts) > 1 else None), parts[0], None
+    return None, None, None
+
+
+def _rollups(names: list[str], tiers: Sequence[str]) -> list[str]:
+    """The pooled names summary.json reports that are not stored themselves."""
+    out = []
+    for tier in tiers:
+        for op in _OPS:
+            out.append(f"{tier}.{op}")
+    out += list(_FAMILIES)
+    return [r for r in out if r not in names and any(n.startswith(r + ".") for n in names)]
+
+
+def _row(counts: np.ndarray, lo: float, hi: float, total_ns: float | None) -> dict[str, float]:
+    n = int(counts.sum())
+    out: dict[str, float] = {"count": n}
+    if n == 0:
+        return out | {k: math.nan for k in ("mean_ms", "min_ms", *(f"{p}_ms" for p in PERCENTILES),
+                                              "max_ms")}
+    out["mean_ms"] = total_ns / n / 1e6 if total_ns is not None else math.nan
+    out["min_ms"] = percentile(counts, 0, lo, hi) / 1e6 if math.isinf(hi) else lo / 1e6
+    for key, q in PERCENTILES.items():
+        out[f"{key}_ms"] = percentile(counts, q, lo, hi) / 1e6
+    out["max_ms"] = percentile(counts, 100, lo, hi) / 1e6 if math.isinf(hi) else hi / 1e6
+    return out
+
+
+def _merged_stats(hist: _Hist, rows: list[int]) -> tuple[np.ndarray, float, float, float]:
+    """Counts, min, max and sum of the pooled rows, as summary.json's Histogram sum makes them."""
+    counts = hist.merged[rows].sum(axis=0)
+    return counts, float(hist.min_ns[rows].min()), float(hist.max_ns[rows].max()), \
+        float(hist.sum_ns[rows].sum())
+
+
+def _percentiles(pd: Any, hist: _Hist, tiers: Sequence[str]) -> pd.DataFrame:
+    """Merged rows use the exact min/max/sum; per-rank rows (no per-rank min/max/sum is
+    stored) use bucket midpoints for min and max and leave the mean NaN, except where one
+    rank holds every sample of the histogram: then the merged figures are that rank's."""
+    names = hist.names
+    groups = [(n, [i]) for i, n in enumerate(names)] + [(r, hist.rows(r)) for r in _rollups(names, tiers)]
+    records = []
+    merged = {}
+    for name, rows in groups:
+        merged[name] = _merged_stats(hist, rows)
+        counts, lo, hi, total = merged[name]
+        records.append({"histogram": name, "rank": "all", **_row(counts, lo, hi, total)})
+    with h5py.File(hist.path, "r") as f:
+        ds = f["histograms/per_rank"]
+        for rank in range(hist.world_size):
+            mine = ds[rank]
+            for name, rows in groups:
+                counts = mine[rows].sum(axis=0)
+                all_counts, lo, hi, total = merged[name]
+                if counts.any() and np.array_equal(counts, all_counts):
+                    stats = _row(counts, lo, hi, total)
+                else:
+                    stats = _row(counts, 0, math.inf, None)
+                records.append({"histogram": name, "rank": rank, **stats})
+    df = pd.DataFrame.from_records(records)
+    split = [_split(n, tiers) for n in df["histogram"]]
+    df.insert(2, "tier", [s[0] for s in split])
+    df.insert(3, "op", [s[1] for s in split])
+    df.insert(4, "phase", [s[2] for s in split])
+    df.insert(5, "rollup", df["histogram"].isin([g[0] for g in groups[len(names):]]))
+    df["count"] = df["count"].astype("int64")
+    return df
+
+
+def histogram_counts(result: Result, histogram: str, rank: int | str = "all") -> np.ndarray:
+    """Bucket counts of ``histogram`` (pooled over ``histogram.*`` when not stored itself)
+    merged over ranks, or of one rank; bucket b spans ``EDGES[b]`` to ``EDGES[b + 1]`` ns."""
+    hist = _need_hist(result)
+    rows = hist.rows(histogram)
+    if rank == "all":
+        return hist.merged[rows].sum(axis=0)
+    return hist.per_rank(int(rank))[rows].sum(axis=0)
+
+
+def cdf(result: Result, histogram: str, rank: int | str = "all") -> pd.DataFrame:
+    """The latency CDF: at each non-empty bucket's upper edge, the fraction of samples at
+    or below it (exact, unlike a percentile's bucket midpoint). Merged, edges are clamped
+    to the exact min/max, so the curve ends at the true maximum."""
+    pd = _pandas()
+    counts = histogram_counts(result, histogram, rank)
+    n = int(counts.sum())
+    if n == 0:
+        return pd.DataFrame({"latency_ms": np.array([], float), "fraction": np.array([], float)})
+    nz = np.nonzero(counts)[0]
+    upper = EDGES[nz + 1].astype(float)
+    if rank == "all":
+        hist = _need_hist(result)
+        rows = hist.rows(histogram)
+        upper = np.clip(upper, float(hist.min_ns[rows].min()), float(hist.max_ns[rows].max()))
+    fraction = np.cumsum(counts[nz]) / n
+    return pd.DataFrame({"latency_ms": upper / 1e6, "fraction": fraction})
+
+
+def _need_hist(result: Result) -> _Hist:
+    if result._hist is None:
+        raise ValueError("this Result holds no histogram data; use load()")
+    return result._hist
+
+
+# -- tables -------------------------------------------------------------------------------
+
+def tier_table(result: Result | dict[str, Any]) -> pd.DataFrame:
+    """One row per tier (top first) from summary['tiers']: bandwidths, ops, busy time,
+    hits and the pooled read/write latency percentiles (ms)."""
+    pd = _pandas()
+    summary = result.summary if isinstance(result, Result) else result
+    rows = {}
+    for tier, t in summary.get("tiers", {}).items():
+        row = {k: v for k, v in t.items() if not isinstance(v, dict | list)}
+        for op in _OPS:
+            for key, value in t.get("latency_ms", {}).get(op, {}).items():
+                row[f"{op}_{key}_ms"] = value
+        rows[tier] = row
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index.name = "tier"
+    return df.apply(pd.to_numeric, errors="coerce") if len(df) else df
+
+
+def headline(summary: dict[str, Any]) -> dict[str, float]:
+    """The measured figures of one run, flat, for comparing trials (None becomes NaN)."""
+    def num(v: Any) -> float:
+        return math.nan if v is None else float(v)
+
+    out = {k: num(summary.get(k)) for k in ("duration_s", "requests_completed", "requests_per_s",
+                                            "prefix_hit_ratio", "storage_throughput_gbps")}
+    for tier, t in summary.get("tiers", {}).items():
+        for key in ("read_gbps", "write_gbps", "gbps_busy"):
+            out[f"{tier}.{key}"] = num(t.get(key))
+        for op in _OPS:
+            for p in ("p50", "p99"):
+                out[f"{tier}.{op}_{p}_ms"] = num(t.get("latency_ms", {}).get(op, {}).get(p))
+    for key in ("group_e2e", "group_prefill_storage", "request_queue"):
+        for p in ("p50", "p99"):
+            out[f"{key}_{p}_ms"] = num(summary.get("latency_ms", {}).get(key, {}).get(p))
+    out["demotions"] = num(summary.get("demotions", {}).get("count"))
+    out["cpu.io_path_s_per_gb"] = num(summary.get("cpu", {}).get("io_path_s_per_gb"))
+    return out
+
+
+def _summary_of(item: Result | PathLike) -> tuple[str, dict[str, Any]]:
+    if isinstance(item, Result):
+        return item.run_name, item.summary
+    p = result_path(item)
+    with h5py.File(p, "r") as f:
+        summary = _attr("summary", f.attrs["summary"])
+    return str(summary.get("run_name") or os.path.basename(os.path.dirname(p))), summary
+
+
+def _cv(values: pd.Series) -> float:
+    v = values.dropna()
+    if len(v) < 2:
+        return math.nan
+    std, mean = float(v.std(ddof=1)), float(v.mean())
+    if std == 0:
+        return 0.0   # no spread, even around a mean of 0
+    return std / mean if mean else math.nan
+
+
+def compare(runs: Iterable[Result | PathLike]) -> pd.DataFrame:
+    """Headline figures of several runs (one row each, labelled by run name) followed by
+    ``mean``, ``median`` and ``cv`` rows (cv = sample std / mean): trial-to-trial spread."""
+    pd = _pandas()
+    labels, rows = [], []
+    for item in runs:
+        name, summary = _summary_of(item)
+        label, k = name, 2
+        while label in labels:
+            label, k = f"{name} ({k})", k + 1
+        labels.append(label)
+        rows.append(headline(summary))
+    df = pd.DataFrame(rows, index=pd.Index(labels, name="run"))
+    if df.empty:
+        return df
+    stats = pd.DataFrame([df.mean(), df.median(), df.apply(_cv)], index=["mean", "median", "cv"])
+    return pd.concat([df, stats])
+
+
+# -- plots --------------------------------------------------------------------------------
+
+def _figure(**kw: Any) -> Any:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError("plot_report needs matplotlib: pip install matplotlib") from err
+    return Figure(**kw)
+
+
+def plot_report(result: Result, out_dir: PathLike) -> list[str]:
+    """Writes PNGs for a first look (latency CDF per tier, bandwidth over time, hit rates,
+    per-rank spread) into ``out_dir``; returns their paths. Uses no pyplot state, so it is
+    safe in a notebook and without a display."""
+    pd = _pandas()
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+
+    fig = _figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    for tier in result.tiers:
+        for op, style in (("read", "-"), ("write", "--")):
+            try:
+                c = cdf(result, f"{tier}.{op}")
+            except KeyError:
+                continue
+            ax.step(c["latency_ms"], c["fraction"], style, where="post", label=f"{tier} {op}")
+    ax.set(xscale="log", xlabel="latency (ms)", ylabel="fraction of operations",
+           title=f"{result.run_name}: per-operation latency, all ranks")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    written.append(_save(fig, out_dir, "latency_cdf.png"))
+
+    ts = result.timeseries
+    window = float(result.environment["elapsed_s"].max()) if len(result.environment) else 0.0
+    by = ts.groupby(["series", "second"], observed=True)["value"].sum()
+    fig = _figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    for tier in result.tiers:
+        for op, style in (("read", "-"), ("write", "--")):
+            key = f"{tier}.{op}_bytes"
+            if key in by.index.get_level_values(0):
+                s = by[key]
+                ax.plot(s.index, s.to_numpy() / _bin_widths(s.index, result.interval_s, window) / 1e9,
+                        style, label=f"{tier} {op}")
+    ax.set(xlabel="second of the measured phase", ylabel="GB/s (all ranks)",
+           title=f"{result.run_name}: bandwidth over time")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    written.append(_save(fig, out_dir, "bandwidth.png"))
+
+    fig = _figure(figsize=(10, 4))
+    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    names = by.index.get_level_values(0)
+    if "chunk_lookups" in names and "chunk_hits" in names:
+        lookups, hits = by["chunk_lookups"], by["chunk_hits"].reindex(by["chunk_lookups"].index, fill_value=0)
+        ratio = (hits / lookups.where(lookups > 0)).astype(float)
+        ax1.plot(ratio.index, ratio.to_numpy(), marker="o")
+    ax1.set(xlabel="second", ylabel="chunk hits / lookups", ylim=(0, 1.05), title="prefix hit ratio")
+    ax1.grid(True, alpha=0.3)
+    hits_by_tier = pd.Series({t: result.summary["tiers"][t].get("chunk_hits", 0) for t in result.tiers})
+    lookups_total = result.summary.get("chunk_lookups") or 0
+    if lookups_total:
+        ax2.bar(hits_by_tier.index, hits_by_tier.to_numpy() / lookups_total)
+    ax2.set(ylabel="share of chunk lookups", title="hits served by tier")
+    written.append(_save(fig, out_dir, "hit_rates.png"))
+
+    fig = _figure(figsize=(10, 4))
+    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    ranks = result.counters.index.to_numpy()
+    width = 0.8 / max(1, 2 * len(result.tiers))
+    k = 0
+    for tier in result.tiers:
+        for op in _OPS:
+            col = f"{tier}.{op}_bytes"
+            if col in result.counters and window > 0:
+                gbps = result.counters[col].to_numpy() / window / 1e9
+                ax1.bar(ranks - 0.4 + (k + 0.5) * width, gbps, width, label=f"{tier} {op}")
+            k += 1
+    ax1.set(xlabel="rank", ylabel="GB/s (measured window)", title="bandwidth per rank", xticks=ranks)
+    ax1.legend(fontsize="x-small")
+    p = result.percentiles
+    for tier in result.tiers:
+        name = f"{tier}.read" if f"{tier}.read" in set(p["histogram"]) else None
+        if name is None:
+            continue
+        rows = p[(p["histogram"] == name) & (p["rank"] != "all")]
+        ax2.plot(rows["rank"].astype(int), rows["p99_ms"], marker="o", label=f"{tier} read p99")
+    ax2.set(xlabel="rank", ylabel="ms", yscale="log", title="read p99 per rank", xticks=ranks)
+    ax2.grid(True, alpha=0.3)
+    if ax2.lines:
+        ax2.legend(fontsize="x-small")
+    written.append(_save(fig, out_dir, "per_rank.png"))
+    return written
+
+
+def _bin_widths(starts: Any, interval_s: float, window_s: float) -> np.ndarray:
+    """Each bin's length in the measured window: the last bin of a run is partial, and
+    dividing its bytes by a whole interval would show a false drop at the end."""
+    starts = np.asarray(starts, dtype=float)
+    if window_s <= 0:
+        return np.full(starts.shape, interval_s)
+    return np.clip(window_s - starts, 1e-3 * interval_s, interval_s)
+
+
+def _save(fig: Any, out_dir: str, name: str) -> str:
+    path = os.path.join(out_dir, name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
