@@ -3,7 +3,10 @@
 Each user picks a template (chatbot, coding, document) and a QoS class, then holds
 conversations of up to ``max_turns`` turns: the first prompt is one of
 ``system_prompts`` shared system prompts plus new context; each later turn is the
-previous prompt and answer plus a follow-up message. Users are closed loop by default:
+previous prompt and answer plus a follow-up message. With ``rag_documents`` > 0 each
+conversation also opens with ``rag_per_conversation`` documents from a shared corpus,
+picked by a Zipf law (``rag_zipf_s``; popular documents are shared prefixes across users)
+or uniformly, placed after the system prompt. Users are closed loop by default:
 a request is due ``think`` seconds after the user's previous one completed. With
 ``arrival: poisson`` requests are due at a Poisson ``request_rate`` instead (open loop).
 
@@ -63,6 +66,11 @@ class SyntheticWorkload(Workload):
         max_turns: int = 6
         arrival: str = "closed"
         request_rate: float = 0.0
+        rag_documents: int = 0
+        rag_document_tokens: int = 2048
+        rag_per_conversation: int = 1
+        rag_law: str = "zipf"
+        rag_zipf_s: float = 1.1
 
         def check(self) -> None:
             if self.users < 1:
@@ -75,6 +83,13 @@ class SyntheticWorkload(Workload):
                     raise ConfigError(f"workload.{name}={getattr(self, name)}: must not be negative")
             if self.follow_up_tokens_max < self.follow_up_tokens_min:
                 raise ConfigError("workload.follow_up_tokens_max: must be >= follow_up_tokens_min")
+            if self.rag_documents < 0 or self.rag_document_tokens < 1 or self.rag_per_conversation < 0:
+                raise ConfigError("workload.rag_*: documents >= 0, document tokens >= 1,"
+                                  " per conversation >= 0")
+            if self.rag_law not in ("zipf", "uniform"):
+                raise ConfigError(f"workload.rag_law={self.rag_law!r}: use zipf or uniform")
+            if self.rag_zipf_s <= 0:
+                raise ConfigError(f"workload.rag_zipf_s={self.rag_zipf_s}: must be > 0")
             if self.arrival not in ("closed", "poisson"):
                 raise ConfigError(f"workload.arrival={self.arrival!r}: use closed or poisson")
             if self.arrival == "poisson" and self.request_rate <= 0:
@@ -84,12 +99,18 @@ class SyntheticWorkload(Workload):
         p = self.params
         return {"kind": "synthetic", "users": p.users, "arrival": p.arrival,
                 "templates": dict(p.templates), "qos_mix": dict(p.qos_mix),
-                "system_prompts": p.system_prompts, "max_turns": p.max_turns}
+                "system_prompts": p.system_prompts, "max_turns": p.max_turns,
+                "rag_documents": p.rag_documents, "rag_law": p.rag_law}
 
     def requests(self, replica: int = 0, replicas: int = 1) -> Iterator[Request]:
         p = self.params
         tnames, tw = _weights(p.templates, list(TEMPLATES), "templates")
         qnames, qw = _weights(p.qos_mix, QOS_CLASSES, "qos_mix")
+        rag_p = None
+        if p.rag_documents:
+            w = (np.arange(1, p.rag_documents + 1, dtype=float) ** -p.rag_zipf_s
+                 if p.rag_law == "zipf" else np.ones(p.rag_documents))
+            rag_p = w / w.sum()
         users = []
         heap: list[tuple[float, int]] = []
         for u in range(p.users):
@@ -114,6 +135,9 @@ class SyntheticWorkload(Workload):
                 segs = []
                 if sys_id is not None and p.system_prompt_tokens:
                     segs.append((_ident(1, sys_id), p.system_prompt_tokens))
+                if rag_p is not None and p.rag_per_conversation:
+                    docs = rng.choice(p.rag_documents, size=p.rag_per_conversation, p=rag_p)
+                    segs += [(_ident(4, int(d)), p.rag_document_tokens) for d in docs]
                 segs.append((_ident(2, st["session"], 0), max(1, body - p.system_prompt_tokens)))
                 st["ctx"] = tuple(segs)
             else:
