@@ -31,6 +31,14 @@ RUN_FLAGS = {
     "tensor_parallel": "kv.tensor_parallel",
     "chunk_tokens": "kv.chunk_tokens",
     "io_depth": "io.io_depth",
+    "workload": "workload.kind",          # before the workload's own keys: a new kind resets them
+    "trace": "workload.trace",
+    "trace_speedup": "workload.speedup",
+    "replay_cycles": "workload.replay_cycles",
+    "users": "workload.users",
+    "request_rate": "workload.request_rate",
+    "precondition": "run.precondition",
+    "prefill_groups": "engine.prefill_groups",
 }
 
 
@@ -68,6 +76,18 @@ def build_parser() -> Parser:
     run.add_argument("--tensor-parallel", type=int, metavar="T", help="ranks per TP group")
     run.add_argument("--chunk-tokens", type=int, metavar="N", help="tokens per KV chunk")
     run.add_argument("--io-depth", type=int, metavar="N", help="concurrent I/O per rank")
+    run.add_argument("--workload", metavar="NAME",
+                     help="request source: synthetic, sharegpt, burstgpt, mooncake, azure")
+    run.add_argument("--trace", metavar="PATH", help="trace file the workload reads")
+    run.add_argument("--trace-speedup", type=float, metavar="X", help="replay X times faster")
+    run.add_argument("--replay-cycles", type=int, metavar="N", help="replay the trace N times")
+    run.add_argument("--request-rate", type=float, metavar="PER_S",
+                     help="open loop: Poisson arrivals at this rate (requests/s, all groups)")
+    run.add_argument("--users", type=int, metavar="N", help="synthetic closed-loop users")
+    run.add_argument("--precondition", type=float, nargs="?", const=0.9, metavar="SHARE",
+                     help="fill this share of the storage tier before measuring (default 0.9)")
+    run.add_argument("--prefill-groups", type=int, metavar="K",
+                     help="disaggregated serving: K TP groups prefill, the others decode")
     run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="any config key; repeatable")
 

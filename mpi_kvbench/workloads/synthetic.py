@@ -7,8 +7,8 @@ previous prompt and answer plus a follow-up message. With ``rag_documents`` > 0 
 conversation also opens with ``rag_per_conversation`` documents from a shared corpus,
 picked by a Zipf law (``rag_zipf_s``; popular documents are shared prefixes across users)
 or uniformly, placed after the system prompt. Users are closed loop by default:
-a request is due ``think`` seconds after the user's previous one completed. With
-``arrival: poisson`` requests are due at a Poisson ``request_rate`` instead (open loop).
+a request is due ``think`` seconds after the user's previous one completed. With a
+``request_rate`` > 0 requests are due at Poisson arrival times instead (open loop).
 
 Trace order is the order of nominal send times (users' think times added up), which
 depends only on the seed, so every run replays the same sequence.
@@ -64,8 +64,7 @@ class SyntheticWorkload(Workload):
         follow_up_tokens_min: int = 64
         follow_up_tokens_max: int = 512
         max_turns: int = 6
-        arrival: str = "closed"
-        request_rate: float = 0.0
+        request_rate: float = 0.0      # > 0: open loop, Poisson arrivals (per s, all users)
         rag_documents: int = 0
         rag_document_tokens: int = 2048
         rag_per_conversation: int = 1
@@ -90,14 +89,14 @@ class SyntheticWorkload(Workload):
                 raise ConfigError(f"workload.rag_law={self.rag_law!r}: use zipf or uniform")
             if self.rag_zipf_s <= 0:
                 raise ConfigError(f"workload.rag_zipf_s={self.rag_zipf_s}: must be > 0")
-            if self.arrival not in ("closed", "poisson"):
-                raise ConfigError(f"workload.arrival={self.arrival!r}: use closed or poisson")
-            if self.arrival == "poisson" and self.request_rate <= 0:
-                raise ConfigError("workload.request_rate: poisson arrival needs a rate > 0 per s")
+            if self.request_rate < 0:
+                raise ConfigError(f"workload.request_rate={self.request_rate}: give a rate >= 0"
+                                  " (0 = closed-loop users)")
 
     def info(self) -> dict[str, Any]:
         p = self.params
-        return {"kind": "synthetic", "users": p.users, "arrival": p.arrival,
+        return {"kind": "synthetic", "users": p.users,
+                "arrival": "poisson" if p.request_rate > 0 else "closed",
                 "templates": dict(p.templates), "qos_mix": dict(p.qos_mix),
                 "system_prompts": p.system_prompts, "max_turns": p.max_turns,
                 "rag_documents": p.rag_documents, "rag_law": p.rag_law}
@@ -147,14 +146,14 @@ class SyntheticWorkload(Workload):
             out = int(rng.integers(*out_range, endpoint=True))
             think = float(rng.uniform(*think_range))
             req = Request(index=(u << 32) + st["i"], user=u, session=st["session"],
-                          arrival_s=nominal, think_s=None if p.arrival == "poisson" else think,
+                          arrival_s=nominal, think_s=None if p.request_rate > 0 else think,
                           qos=st["qos"], segments=st["ctx"], output_tokens=out,
                           output_id=_ident(3, st["session"], st["turn"]))
             yield req
             st["i"] += 1
             st["ctx"] = req.context_after()
             st["turn"] += 1
-            gap = think if p.arrival == "closed" else self._gap(rng, st["t"])
+            gap = self._gap(rng, st["t"]) if p.request_rate > 0 else think
             heapq.heappush(heap, (nominal + gap, u))
 
     def _gap(self, rng: np.random.Generator, template: tuple) -> float:
@@ -163,7 +162,7 @@ class SyntheticWorkload(Workload):
         Each user's Poisson stream has rate request_rate / users; together they make a
         Poisson stream of request_rate."""
         p = self.params
-        if p.arrival == "poisson":
+        if p.request_rate > 0:
             return float(rng.exponential(p.users / p.request_rate))
         return float(rng.uniform(*template[2]))
 
