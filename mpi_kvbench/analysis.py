@@ -359,10 +359,10 @@ def _cv(values: pd.Series) -> float:
     v = values.dropna()
     if len(v) < 2:
         return math.nan
-    std, mean = float(v.std(ddof=1)), float(v.mean())
-    if std == 0:
-        return 0.0   # no spread, even around a mean of 0
-    return std / mean if mean else math.nan
+    if v.min() == v.max():
+        return 0.0   # no spread, even around a mean of 0 (and no float noise from std)
+    mean = float(v.mean())
+    return float(v.std(ddof=1)) / mean if mean else math.nan
 
 
 def compare(runs: Iterable[Result | PathLike]) -> pd.DataFrame:

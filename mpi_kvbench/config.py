@@ -229,9 +229,10 @@ def parse_set(item: str) -> dict:
     for part in parts[:-1]:
         node = node.setdefault(part, {})
     try:
-        node[parts[-1]] = yaml.safe_load(value) if value else ""
+        parsed = yaml.safe_load(value) if value else ""
     except yaml.YAMLError:
-        node[parts[-1]] = value
+        parsed = value
+    node[parts[-1]] = value if parsed is None else parsed   # "null" is the null tier, not None
     return out
 
 

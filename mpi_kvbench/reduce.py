@@ -28,6 +28,9 @@ class Collected:
     merged_max_ns: np.ndarray
     merged_sum_ns: np.ndarray
     per_rank: np.ndarray              # [N, H, B]
+    per_rank_min_ns: np.ndarray       # [N, H]
+    per_rank_max_ns: np.ndarray
+    per_rank_sum_ns: np.ndarray
     counter_names: list[str]
     counters: np.ndarray              # [N, C]
     series_names: list[str]
@@ -93,6 +96,7 @@ def collect(comm: SerialComm, metrics: Metrics, elapsed_ns: int, env: dict,
     mmin, mmax, msum = (comm.reduce_array(mins, "min"), comm.reduce_array(maxs, "max"),
                         comm.reduce_array(sums, "sum"))
     per_rank = comm.gather_array(counts)
+    rank_min, rank_max, rank_sum = (comm.gather_array(a) for a in (mins, maxs, sums))
     counters = comm.gather_array(np.array([metrics.counters.get(n, 0) for n in counter_names],
                                           dtype=np.int64))
     length = comm.allreduce(max((a.size for a in metrics.series.values()), default=0), op="max")
@@ -108,7 +112,8 @@ def collect(comm: SerialComm, metrics: Metrics, elapsed_ns: int, env: dict,
     if comm.rank != 0:
         return None
     last = _trim(series_all)
-    return Collected(hist_names, merged, mmin, mmax, msum, per_rank, counter_names, counters,
+    return Collected(hist_names, merged, mmin, mmax, msum, per_rank, rank_min, rank_max, rank_sum,
+                     counter_names, counters,
                      series_names, series_all[:, :, :last], elapsed[:, 0], envs,
                      [e for e in errors if e])
 

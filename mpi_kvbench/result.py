@@ -31,8 +31,10 @@ def write_hdf5(path: str, data: Collected, attrs: dict[str, Any], summary: dict[
     tmp, commit = _atomic(path)
     try:
         with h5py.File(tmp, "w") as f:
-            for key, value in attrs.items():
-                f.attrs[key] = json.dumps(value) if isinstance(value, dict | list) else value
+            for key, value in attrs.items():   # anything but a str or number is JSON text
+                plain = isinstance(value, str | int | float) and not isinstance(value, bool)
+                f.attrs[key] = value if plain or key == "complete" else json.dumps(value,
+                                                                                    default=_plain)
             h = f.create_group("histograms")
             h.attrs["unit"] = "ns"
             h.create_dataset("bucket_edges_ns", data=EDGES)
@@ -42,6 +44,9 @@ def write_hdf5(path: str, data: Collected, attrs: dict[str, Any], summary: dict[
             h.create_dataset("merged_max_ns", data=data.merged_max_ns)
             h.create_dataset("merged_sum_ns", data=data.merged_sum_ns)
             h.create_dataset("per_rank", data=data.per_rank, compression="gzip")
+            h.create_dataset("per_rank_min_ns", data=data.per_rank_min_ns)
+            h.create_dataset("per_rank_max_ns", data=data.per_rank_max_ns)
+            h.create_dataset("per_rank_sum_ns", data=data.per_rank_sum_ns)
             c = f.create_group("counters")
             _strings(c, "names", data.counter_names)
             c.create_dataset("per_rank", data=data.counters)
@@ -54,7 +59,7 @@ def write_hdf5(path: str, data: Collected, attrs: dict[str, Any], summary: dict[
             r.create_dataset("elapsed_ns", data=data.elapsed_ns)
             _strings(r, "environment", [json.dumps(e) for e in data.env])
             _strings(f, "errors", data.errors)
-            f.attrs["summary"] = json.dumps(summary)
+            f.attrs["summary"] = json.dumps(summary, default=_plain)
         commit()
     finally:
         if os.path.exists(tmp):

@@ -246,7 +246,7 @@ def _measure(cfg: Config, comm: SerialComm, group: SerialComm, ctx: RankContext,
 def _write(cfg: Config, data: Any, ctx: RankContext, engine: Engine, out_dir: str, run_name: str,
            started: datetime, command_line: str, wall: tuple[int, int],
            calibration: list | None, workload_info: dict) -> int:
-    storage = [t for e in data.env for t in e["tiers"] if t["level"] == "storage"]
+    storage = [t for e in data.env for t in e["tiers"] if t["level"] == "storage" and "o_direct" in t]
     hbm = [t for e in data.env for t in e["tiers"] if t["level"] == "hbm"]
     peak_by_host: dict[str, int] = {}
     for i, e in enumerate(data.env):
@@ -283,10 +283,10 @@ def _write(cfg: Config, data: Any, ctx: RankContext, engine: Engine, out_dir: st
         "end_time": datetime.now(UTC).isoformat(),
         "measured_start_unix_ns": wall[0], "measured_end_unix_ns": wall[1],
         "world_size": ctx.world_size, "tensor_parallel": ctx.tp_size, "replicas": ctx.replicas,
-        "nodes": ctx.nodes, "model": cfg.model.name, "mla_mode": str(run["mla_mode"]),
-        "o_direct": str(run["o_direct"]), "hbm_emulated": str(run["hbm_emulated"]),
+        "nodes": ctx.nodes, "model": cfg.model.name, "mla_mode": run["mla_mode"],
+        "o_direct": run["o_direct"], "hbm_emulated": run["hbm_emulated"],
         "payload_mode": cfg.io.payload, "workload_info": workload_info,
-        "calibration": calibration or [],
+        "calibration": [c for c in calibration or [] if c],
     }
     try:
         write_hdf5(os.path.join(out_dir, "result.h5"), data, attrs, summary)

@@ -2,9 +2,12 @@
 
 Rates divide bytes by the measured window: the longest rank's measured phase, which
 every rank starts at the same barrier (so it runs from the first start to the last
-stop, as IOR does). ``*_gbps_busy`` divide by the time the tier had I/O in flight
-instead. Percentiles come from the merged histograms: pooled over every rank, never
-a maximum or mean of per-rank percentiles.
+stop, as IOR does). ``gbps_busy`` is each rank's bytes over the time its tier had I/O
+in flight, summed over ranks (``busy_s`` is the mean busy time of a rank). Figures that
+every shard of a TP group shares (requests, hits, tokens) are counted once per group:
+from the group leaders, and requests only when every shard of the group completed them.
+Percentiles come from the merged histograms: pooled over every rank, never a maximum or
+mean of per-rank percentiles.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ def _merged(data: Collected, prefix: str) -> Histogram | None:
     return out
 
 
+def _count(data: Collected, name: str) -> int:
+    return int(data.merged[data.hist_names.index(name)].sum()) if name in data.hist_names else 0
+
+
 def summarize(data: Collected, run: dict[str, Any]) -> dict[str, Any]:
     """The summary.json dictionary; ``run`` carries the run's facts (model, sizes, ...)."""
     window_s = float(data.elapsed_ns.max()) / 1e9 if data.elapsed_ns.size else 0.0
@@ -63,17 +70,19 @@ def summarize(data: Collected, run: dict[str, Any]) -> dict[str, Any]:
             t[f"{op}_gbps"] = round(nbytes * per_s / 1e9, 4)
             t[f"{op}_gbps_per_rank"] = [round(float(b) / window_s / 1e9, 4) if window_s else None
                                         for b in per_rank(f"{tier}.{op}_bytes")]
-        busy = data.counter(f"{tier}.busy_ns")
-        moved = t["read_bytes"] + t["write_bytes"]
-        t["busy_s"] = round(busy / 1e9, 4)
-        t["gbps_busy"] = round(moved / busy, 4) if busy else None
-        t["chunk_hits"] = data.counter(f"{tier}.chunk_hits")
-        t["tokens_from_cache_per_s"] = round(data.counter(f"{tier}.tokens_hit") * per_s, 2)
+        busy = per_rank(f"{tier}.busy_ns")
+        moved = per_rank(f"{tier}.read_bytes") + per_rank(f"{tier}.write_bytes")
+        t["busy_s"] = round(float(busy.mean()) / 1e9, 4)
+        t["gbps_busy"] = round(float(sum(m / b for m, b in zip(moved, busy, strict=True) if b)), 4) \
+            if busy.any() else None
+        t["chunk_hits"] = int(per_rank(f"{tier}.chunk_hits")[leaders].sum())
+        t["tokens_from_cache_per_s"] = round(
+            float(per_rank(f"{tier}.tokens_hit")[leaders].sum()) * per_s, 2)
         t["latency_ms"] = {op: pcts_ms(_merged(data, f"{tier}.{op}")) for op in ("read", "write")}
         tiers[tier] = t
 
-    lookups = data.counter("chunk_lookups")
-    requests = int(sum(per_rank("requests_completed")[leaders]))
+    lookups = int(per_rank("chunk_lookups")[leaders].sum())
+    requests = int(per_rank("group.requests_completed")[leaders].sum())
     storage = tiers.get("storage", {})
     cpu_s = data.counter("cpu.process_us") / 1e6
     gen_s = data.counter("cpu.generation_us") / 1e6
@@ -97,7 +106,8 @@ def summarize(data: Collected, run: dict[str, Any]) -> dict[str, Any]:
         "duration_s": round(window_s, 4),
         "requests_completed": requests,
         "requests_per_s": round(requests * per_s, 3),
-        "prefix_hit_ratio": round(data.counter("chunk_hits") / lookups, 6) if lookups else None,
+        "prefix_hit_ratio": round(int(per_rank("chunk_hits")[leaders].sum()) / lookups, 6)
+        if lookups else None,
         "chunk_lookups": lookups,
         "o_direct": run.get("o_direct"),
         "hbm_emulated": run.get("hbm_emulated"),
@@ -121,12 +131,13 @@ def summarize(data: Collected, run: dict[str, Any]) -> dict[str, Any]:
         "latency_ms": {
             "request_e2e": pcts_ms(_merged(data, "request.e2e")),
             "request_queue": pcts_ms(_merged(data, "request.queue")),
+            "ttft_proxy": pcts_ms(_merged(data, "request.ttft_proxy")),
             "prefill_storage": pcts_ms(_merged(data, "request.prefill_storage")),
             "group_e2e": pcts_ms(_merged(data, "group.e2e")),
             "group_prefill_storage": pcts_ms(_merged(data, "group.prefill_storage")),
         },
         "qos": {
-            cls: {"requests": int(sum(per_rank(f"qos.{cls}.requests")[leaders])),
+            cls: {"requests": _count(data, f"group.qos.{cls}.e2e"),
                   "e2e_ms": pcts_ms(_merged(data, f"group.qos.{cls}.e2e")),
                   "prefill_storage_ms": pcts_ms(_merged(data, f"group.qos.{cls}.prefill_storage"))}
             for cls in sorted({n.split(".")[1] for n in col if n.startswith("qos.")})
