@@ -31,8 +31,6 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 1
 #: The percentiles reported, as in summary.json (``mpi_kvbench.summary.PERCENTILES``).
 PERCENTILES = {"p50": 50, "p95": 95, "p99": 99, "p999": 99.9, "p9999": 99.99}
-#: Root attributes written as ``str(python_value)`` ("True", "None"), not JSON.
-_PY_LITERAL_ATTRS = ("o_direct", "hbm_emulated", "mla_mode")
 #: Histogram families whose members summary.json pools: ``demotion.<tier>`` -> ``demotion``.
 _FAMILIES = ("demotion", "promotion")
 _OPS = ("read", "write")
@@ -135,9 +133,8 @@ def _attr(key: str, value: Any) -> Any:
     if isinstance(value, bytes):
         value = value.decode()
     if isinstance(value, str):
-        if key in _PY_LITERAL_ATTRS and value in ("True", "False", "None"):
-            return {"True": True, "False": False, "None": None}[value]
-        if value[:1] in ("{", "["):   # write_hdf5 stores dicts and lists as JSON
+        if value[:1] in ("{", "[") or value in ("true", "false", "null"):
+            # write_hdf5 stores every attribute that is not a str or a number as JSON
             try:
                 return json.loads(value)
             except json.JSONDecodeError:
@@ -238,9 +235,7 @@ def _merged_stats(hist: _Hist, rows: list[int]) -> tuple[np.ndarray, float, floa
 
 
 def _percentiles(pd: Any, hist: _Hist, tiers: Sequence[str]) -> pd.DataFrame:
-    """Merged rows use the exact min/max/sum; per-rank rows (no per-rank min/max/sum is
-    stored) use bucket midpoints for min and max and leave the mean NaN, except where one
-    rank holds every sample of the histogram: then the merged figures are that rank's."""
+    """Every row uses the exact min/max/sum the file stores (merged, and per rank)."""
     names = hist.names
     groups = [(n, [i]) for i, n in enumerate(names)] + [(r, hist.rows(r)) for r in _rollups(names, tiers)]
     records = []
@@ -251,15 +246,12 @@ def _percentiles(pd: Any, hist: _Hist, tiers: Sequence[str]) -> pd.DataFrame:
         records.append({"histogram": name, "rank": "all", **_row(counts, lo, hi, total)})
     with h5py.File(hist.path, "r") as f:
         ds = f["histograms/per_rank"]
+        mins, maxs, sums = (f[f"histograms/per_rank_{k}_ns"][()] for k in ("min", "max", "sum"))
         for rank in range(hist.world_size):
             mine = ds[rank]
             for name, rows in groups:
-                counts = mine[rows].sum(axis=0)
-                all_counts, lo, hi, total = merged[name]
-                if counts.any() and np.array_equal(counts, all_counts):
-                    stats = _row(counts, lo, hi, total)
-                else:
-                    stats = _row(counts, 0, math.inf, None)
+                stats = _row(mine[rows].sum(axis=0), float(mins[rank, rows].min()),
+                             float(maxs[rank, rows].max()), float(sums[rank, rows].sum()))
                 records.append({"histogram": name, "rank": rank, **stats})
     df = pd.DataFrame.from_records(records)
     split = [_split(n, tiers) for n in df["histogram"]]
