@@ -117,6 +117,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     from mpi_kvbench import config as cfgmod
     from mpi_kvbench.models import CATALOGUE, resolve
 
+    if args.tensor_parallel < 1:
+        raise ConfigError(f"--tensor-parallel {args.tensor_parallel}: give a positive integer")
     user = (cfgmod.read_yaml(args.config).get("models") or {}) if args.config else {}
     rows = []
     for name in [*CATALOGUE, *user]:

@@ -301,9 +301,13 @@ def build_dataclass(cls: type, section: Any, where: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     values = {}
+    defaults = {f.name: f.default_factory() for f in dataclasses.fields(cls)
+                if f.default_factory is not dataclasses.MISSING}
     for key, value in section.items():
         if key not in names:
             _unknown(f"{where}.{key}", key, names)
+        if isinstance(value, dict) and isinstance(defaults.get(key), dict):
+            value = {**defaults[key], **value}   # one key of a default mapping, as elsewhere
         values[key] = _coerce(value, hints[key], f"{where}.{key}")
     obj = cls(**values)
     if hasattr(obj, "check"):
@@ -322,14 +326,18 @@ def check_path(template: str, name: str) -> None:
     fixed = template.split("{", 1)[0]
     if not fixed:
         fixed = "."
-    path = Path(os.path.abspath(os.path.expanduser(fixed)))
+    # realpath: "//etc" and a symlink into /etc are /etc
+    path = Path(os.path.realpath(os.path.expanduser(fixed)))
     unsafe = str(path) == "/" or any(
         str(path) == root or str(path).startswith(root + "/") for root in UNSAFE_ROOTS)
     if unsafe:
         raise ConfigError(f"{name}={template!r} is a system directory; choose a directory of your own")
     probe = path
-    while not probe.exists():
-        probe = probe.parent
+    try:
+        while not probe.exists():
+            probe = probe.parent
+    except OSError as exc:   # e.g. a name longer than the file system allows
+        raise ConfigError(f"{name}={template!r}: {exc.strerror}; choose a shorter path") from None
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(f"{name}={template!r}: {probe} is not a writable directory;"
                           " choose one you can write")

@@ -24,6 +24,10 @@ class RankContext:
     run_id: str = "run"
     host: str = socket.gethostname()
 
+    @property
+    def ranks_per_node(self) -> int:
+        return -(-self.world_size // max(1, self.nodes))
+
     def expand(self, template: str) -> str:
         """Fills {rank}, {local_rank}, {node}, {host}, {group}, {run_id} in a path template."""
         return os.path.expanduser(template.format(

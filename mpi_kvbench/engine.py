@@ -139,11 +139,11 @@ class Engine:
         decode group where they are."""
         intended = self._intended_ns(req)
         if deadline_ns is not None and intended >= deadline_ns:
+            self._wait_until(deadline_ns)   # the window is the whole duration, idle end included
             return False
-        while (now := time.perf_counter_ns()) < intended:   # wait in slices: stay stoppable
-            if self._stop():
-                return False
-            time.sleep(min(0.2, (intended - now) / 1e9))
+        if not self._wait_until(intended):
+            return False
+        now = time.perf_counter_ns()
         start = now
         self.cache.now = (start - self.phase_start_ns) / 1e9
         keys, storage_ns = self._prefill(req)
@@ -157,6 +157,14 @@ class Engine:
             return True
         self._decode(req, keys)
         self._finish(req, intended, storage_ns, start - intended)
+        return True
+
+    def _wait_until(self, t_ns: int) -> bool:
+        """Sleeps until ``t_ns`` in short slices, so a stop request is seen; False if stopped."""
+        while (now := time.perf_counter_ns()) < t_ns:
+            if self._stop():
+                return False
+            time.sleep(min(0.2, (t_ns - now) / 1e9))
         return True
 
     def serve_handoff(self, req: Request, peer: Tier, slots: list[int], keys: list[int],

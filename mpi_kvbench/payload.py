@@ -28,6 +28,7 @@ BLOCK = 4096
 STAMP_WORDS = 3           # key, write sequence, byte offset (uint64 each)
 GEN_STREAM_BYTES = 1 << 40
 MASK64 = (1 << 64) - 1
+RING_BYTES = 64 << 20      # more than zstd's largest default window (8 MiB at level 19)
 
 
 def block_view(buf: mmap.mmap | memoryview) -> np.ndarray:
@@ -62,7 +63,10 @@ class PayloadSource:
         self.mode = mode
         self._ready: queue.SimpleQueue = queue.SimpleQueue()
         self._empty: queue.SimpleQueue = queue.SimpleQueue()
-        self._buffers = [aligned_buffer(object_bytes) for _ in range(depth + 2)]
+        # at least RING_BYTES in the ring, so even reused bytes repeat only beyond the
+        # window of any compressor or dedup engine that looks at a stream
+        count = max(depth + 2, -(-RING_BYTES // object_bytes))
+        self._buffers = [aligned_buffer(object_bytes) for _ in range(count)]
         self._gen = self._new_generator()
         self.generated_bytes = 0
         self.generator_cpu_s = 0.0

@@ -35,6 +35,10 @@ from mpi_kvbench.summary import render, summarize
 from mpi_kvbench.tiers.storage import StorageTier, remove_dirs
 
 
+def _holds_result(out_dir: str) -> bool:
+    return any(os.path.exists(os.path.join(out_dir, f)) for f in ("result.h5", "summary.json"))
+
+
 def agree(comm: SerialComm, exc: BaseException | None) -> None:
     """Raises the same RunFailed on every rank when any rank failed."""
     mine = None if exc is None else (f"rank {comm.rank}: {exc}", isinstance(exc, ConfigError))
@@ -126,16 +130,9 @@ def execute(cfg: Config, command_line: str) -> int:
     disagg.check(cfg.engine.prefill_groups, ctx, [t.level for t in cfg.tiers])
 
     exc = None
-    if comm.rank == 0:
-        try:
-            if any(os.path.exists(os.path.join(out_dir, f)) for f in ("result.h5", "summary.json")):
-                raise ConfigError(f"run.run_name={run_name!r}: {out_dir} already holds a result;"
-                                  " choose another --run-name")
-            os.makedirs(out_dir, exist_ok=True)
-        except OSError as err:
-            exc = ConfigError(f"run.results_dir: cannot create {out_dir} ({err.strerror})")
-        except ConfigError as err:
-            exc = err
+    if comm.rank == 0 and _holds_result(out_dir):   # the directory is made only to write in it
+        exc = ConfigError(f"run.run_name={run_name!r}: {out_dir} already holds a result;"
+                          " choose another --run-name")
     agree(comm, exc)
 
     # set-up
@@ -289,6 +286,11 @@ def _write(cfg: Config, data: Any, ctx: RankContext, engine: Engine, out_dir: st
         "calibration": [c for c in calibration or [] if c],
     }
     try:
+        if _holds_result(out_dir):   # another run took the name meanwhile: keep both
+            out_dir = f"{out_dir}-{ctx.run_id}"
+            print(f"warning: the run name was taken while this run ran; writing {out_dir}",
+                  file=sys.stderr)
+        os.makedirs(out_dir, exist_ok=True)
         write_hdf5(os.path.join(out_dir, "result.h5"), data, attrs, summary)
         write_summary(os.path.join(out_dir, "summary.json"), summary)
     except OSError as err:

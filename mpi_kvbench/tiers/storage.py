@@ -8,8 +8,10 @@ so tear-down deletes exactly what it made.
 
 I/O is ``os.preadv``/``os.pwritev`` on page-aligned buffers with ``O_DIRECT``; when the
 file system refuses O_DIRECT the tier warns, falls back to buffered I/O and reports
-``o_direct: false``. Capacity is the configured size, lowered to ``max_free_share`` of the
-free space so the run never fills the device.
+``o_direct: false``. Capacity is the configured size, lowered so that all the ranks that
+write one file system together take at most ``max_free_share`` of its free space (the
+ranks of a node on a local file system, every rank on a shared one), so a run never
+fills the device.
 
 MLA ``one_writer`` mode: the TP group shares one file per group. The group's first rank
 (``group_role = "writer"``) creates it and is the only one to write; the others
@@ -28,6 +30,10 @@ from typing import Any
 from mpi_kvbench.context import RankContext
 from mpi_kvbench.errors import ConfigError
 from mpi_kvbench.tiers.base import ALIGN, Tier
+
+SHARED_FS = frozenset({"nfs", "nfs4", "lustre", "gpfs", "beegfs", "ceph", "cephfs", "fuse.cephfs",
+                       "glusterfs", "fuse.glusterfs", "wekafs", "pvfs2", "orangefs", "9p",
+                       "cifs", "smb3", "panfs", "fuse.juicefs", "virtiofs", "daos", "dfuse"})
 
 
 def fs_type(path: str) -> str:
@@ -117,13 +123,21 @@ class StorageTier(Tier):
             self.o_direct = self.params.o_direct and self._try_direct(flags)
         st = os.statvfs(base)
         free = st.f_bavail * st.f_frsize
+        self.fs = fs_type(base)
+        # every rank that may write this file system gets an equal part of the safe share
+        sharers = ctx.world_size if self.fs in SHARED_FS else ctx.ranks_per_node
         self.configured_bytes = self.capacity_bytes
-        self.capacity_bytes = min(self.capacity_bytes, int(free * self.params.max_free_share))
+        self.capacity_bytes = min(self.capacity_bytes,
+                                  int(free * self.params.max_free_share / max(1, sharers)))
         if self.slots == 0:
             self.close()
+            if self.configured_bytes < self.object_bytes:
+                raise ConfigError(
+                    f"tiers.storage.capacity_gb={self.configured_bytes / 1e9:g} is less than one"
+                    f" object ({self.object_bytes / 1e9:g} GB); give it more capacity")
             raise ConfigError(f"tiers.storage.path: {base} has {free / 1e9:.2f} GB free, too little"
-                              " for one object; free space or choose another path")
-        self.fs = fs_type(base)
+                              f" for one object per rank ({sharers} ranks share it); free space"
+                              " or choose another path")
 
     def _open_shared(self) -> None:
         """A reader of a group's shared file: it must exist, created by the group's writer."""

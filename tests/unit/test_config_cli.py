@@ -1,0 +1,263 @@
+"""Command line and configuration errors: one line, `error: ...`, names the field, exit 2,
+nothing written. Also the `models` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from mpi_kvbench import config
+from mpi_kvbench.errors import ConfigError
+
+BPT = {"tiny-1b": 24_576, "mistral-7b": 131_072, "llama2-7b": 524_288, "llama3.1-8b": 131_072,
+       "llama3.1-70b-instruct": 327_680, "deepseek-v3": 70_272, "qwen3-32b": 262_144,
+       "gpt-oss-120b": 73_728, "gpt-oss-20b": 49_152}
+HEADS = {"tiny-1b": 4, "mistral-7b": 8, "llama2-7b": 32, "llama3.1-8b": 8,
+         "llama3.1-70b-instruct": 8, "qwen3-32b": 8, "gpt-oss-120b": 8, "gpt-oss-20b": 8}
+
+
+def cli(tmp_path: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mpi_kvbench", *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def check_error(proc: subprocess.CompletedProcess, results: Path) -> str:
+    """The run failed on its configuration: exit 2, one line, nothing written. Returns it."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ")
+    assert proc.stdout == ""
+    assert not results.exists() or not any(results.iterdir()), list(results.rglob("*"))
+    return lines[0]
+
+
+# (id, arguments, strings the error line must hold); {tmp} is the case's own directory,
+# which holds bad.yaml, list.yaml, typo.yaml and a regular file `afile`; results go to
+# {tmp}/res unless the arguments give --results-dir.
+LONG = "x" * 300
+CASES = [
+    ("set-typo", ["--set", "io.io_dept=4"], ["io.io_dept", "io_depth"]),
+    ("set-type", ["--set", "io.io_depth=abc"], ["io.io_depth", "int"]),
+    ("set-zero", ["--set", "io.io_depth=0"], ["io.io_depth"]),
+    ("set-bool", ["--set", "io.verify=maybe"], ["io.verify"]),
+    ("set-section", ["--set", "ioo.io_depth=4"], ["ioo", "'io'"]),
+    ("set-workload", ["--set", "workload.usres=3"], ["workload.usres", "users"]),
+    ("set-cap-bool", ["--set", "tiers.hbm.capacity_gb=true"], ["tiers.hbm.capacity_gb"]),
+    ("set-tier", ["--set", "tiers.nvme.capacity_gb=1"], ["tiers.nvme"]),
+    ("set-marks", ["--set", "engine.low_watermark=0.99"], ["low_watermark"]),
+    ("set-form", ["--set", "iodepth"], ["--set"]),
+    ("negative-size", ["--storage-capacity-gb", "-1"], ["tiers.storage.capacity_gb"]),
+    ("negative-dram", ["--cpu-mem-gb", "-0.5"], ["tiers.dram.capacity_gb"]),
+    ("negative-duration", ["--duration", "-3"], ["run.duration_s"]),
+    ("no-end", ["--duration", "0"], ["run.duration_s", "run.max_requests"]),
+    ("chunk-zero", ["--chunk-tokens", "0"], ["kv.chunk_tokens"]),
+    ("tp-3", ["--tensor-parallel", "3"], ["kv.tensor_parallel", "3"]),
+    ("tp-6-tiny", ["--model", "tiny-1b", "--tensor-parallel", "6"], ["kv.tensor_parallel"]),
+    ("tp-world", ["--model", "tiny-1b", "--tensor-parallel", "2", "--cache-dir", "{tmp}/kv"],
+     ["kv.tensor_parallel"]),
+    ("model", ["--model", "llama3-8b"], ["model.name", "llama3.1-8b"]),
+    ("user-model", ["--set", "models.m.layers=2", "--set", "models.m.kv_heads=0",
+                    "--set", "models.m.head_dim=8", "--model", "m"], ["models.m.kv_heads"]),
+    ("etc", ["--cache-dir", "/etc/x"], ["tiers.storage.path", "/etc/x"]),
+    ("root", ["--cache-dir", "/"], ["tiers.storage.path"]),
+    ("usr", ["--cache-dir", "/usr/local/kv"], ["tiers.storage.path"]),
+    ("sys-template", ["--cache-dir", "/sys/{rank}"], ["tiers.storage.path"]),
+    ("placeholder", ["--cache-dir", "{tmp}/kv/{rnk}"], ["tiers.storage.path", "{rnk}"]),
+    ("results-proc", ["--results-dir", "/proc/x"], ["run.results_dir"]),
+    ("cache-under-file", ["--cache-dir", "{tmp}/afile/kv"], ["tiers.storage.path"]),
+    ("results-under-file", ["--results-dir", "{tmp}/afile/res"], ["run.results_dir"]),
+    ("run-name", ["--run-name", "a/b"], ["run.run_name"]),
+    ("flag", ["--frobnicate", "3"], ["--frobnicate"]),
+    ("flag-type", ["--io-depth", "many"], ["--io-depth"]),
+    ("bad-yaml", ["--config", "{tmp}/bad.yaml"], ["--config", "bad.yaml"]),
+    ("list-yaml", ["--config", "{tmp}/list.yaml"], ["--config"]),
+    ("missing-yaml", ["--config", "{tmp}/nope.yaml"], ["--config"]),
+    ("yaml-typo", ["--config", "{tmp}/typo.yaml"], ["engine.promotoin", "promotion"]),
+]
+SETUP_CASES = [
+    pytest.param("long-name", ["--cache-dir", "{tmp}/" + LONG + "/kv"], ["tiers.storage.path"]),
+    # the storage tier finds this at set-up: still nothing may be written
+    pytest.param("tiny-storage", ["--model", "tiny-1b", "--chunk-tokens", "16",
+                                  "--cache-dir", "{tmp}/kv", "--storage-capacity-gb", "0.0001"],
+                 ["tiers.storage"]),
+]
+
+
+def run_case(tmp: Path, args: list[str]) -> tuple[subprocess.CompletedProcess, Path]:
+    tmp.mkdir(parents=True)
+    (tmp / "bad.yaml").write_text("run:\n  seed: [1, 2\n  duration_s: 3\n")
+    (tmp / "list.yaml").write_text("- 1\n- 2\n")
+    (tmp / "typo.yaml").write_text("engine:\n  promotoin: hbm\n")
+    (tmp / "afile").write_text("x")
+    args = [a.replace("{tmp}", str(tmp)) for a in args]
+    results = tmp / "res"
+    if "--results-dir" in args:
+        results = Path(args[args.index("--results-dir") + 1])
+    else:
+        args = ["--results-dir", str(results), *args]
+    proc = cli(tmp, "--run-name", "r", "--duration", "1", *args)
+    assert (tmp / "afile").read_text() == "x"
+    return proc, results
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory) -> dict:
+    """Every error case, run as its own process, a few at a time."""
+    base = tmp_path_factory.mktemp("cli")
+    every = [(c[0], c[1]) for c in CASES] + [(p.values[0], p.values[1]) for p in SETUP_CASES]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = {name: pool.submit(run_case, base / name, args) for name, args in every}
+    return {name: f.result() for name, f in futures.items()}
+
+
+@pytest.mark.parametrize("case,args,names", [*CASES, *SETUP_CASES],
+                         ids=[c[0] for c in CASES] + [p.values[0] for p in SETUP_CASES])
+def test_config_errors_are_one_line(outcomes: dict, case: str, args: list[str],
+                                    names: list[str]) -> None:
+    proc, results = outcomes[case]
+    line = check_error(proc, results)
+    for name in names:
+        assert name in line, line
+    assert not Path("/proc/x").exists() and not Path("/etc/x").exists()
+
+
+def test_a_read_only_directory(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root may write anywhere")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        proc, results = run_case(tmp_path / "case", ["--cache-dir", str(ro / "kv")])
+        assert "tiers.storage.path" in check_error(proc, results)
+    finally:
+        ro.chmod(0o700)
+
+
+def test_too_small_a_storage_tier_names_its_capacity(outcomes: dict) -> None:
+    proc, _ = outcomes["tiny-storage"]
+    assert proc.returncode == 2
+    assert "capacity_gb" in proc.stderr and "free" not in proc.stderr
+
+
+def test_a_set_up_error_is_still_one_line(outcomes: dict) -> None:
+    """Too small a storage tier is found only when the tier opens: still exit 2 and one
+    line, and no tier file or result is left."""
+    proc, results = outcomes["tiny-storage"]
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: tiers.storage")
+    assert not (results.parent / "kv").exists()
+    assert not (results / "r" / "result.h5").exists()
+
+
+# ---- path safety, checked without running anything ---------------------------------------
+
+
+def load_path(path: str) -> None:
+    config.load(None, [{"tiers": {"storage": {"path": path}}}])
+
+
+@pytest.mark.parametrize("path", ["/etc", "/etc/kv", "/proc/1", "/dev/shm/kv", "/var/lib/kv",
+                                  "/boot/{rank}", "/", "/usr/../etc/kv", "/lib64/x"])
+def test_system_directories_are_refused(path: str) -> None:
+    with pytest.raises(ConfigError, match="tiers.storage.path"):
+        load_path(path)
+
+
+def test_a_double_slash_does_not_get_past_the_check() -> None:
+    with pytest.raises(ConfigError, match="tiers.storage.path"):
+        load_path("//etc/mpi-kvbench-test")
+
+
+def test_a_symlink_into_a_system_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "link").symlink_to("/etc")
+    with pytest.raises(ConfigError, match="tiers.storage.path"):
+        load_path(str(tmp_path / "link" / "mpi-kvbench-test"))
+
+
+def test_own_directories_are_accepted(tmp_path: Path) -> None:
+    load_path(str(tmp_path / "a" / "{rank}"))
+    load_path("")
+    cfg = config.load(None, [{"tiers": {"storage": {"path": str(tmp_path / "{run_id}")}},
+                              "run": {"results_dir": str(tmp_path / "res")}}])
+    assert cfg.tiers[-1].params.path == str(tmp_path / "{run_id}")
+    assert not (tmp_path / "res").exists()         # loading a config writes nothing
+
+
+def test_flags_and_set_reach_the_config() -> None:
+    from mpi_kvbench.cli import build_parser, overrides
+
+    args = build_parser().parse_args(["run", "--model", "tiny-1b", "--io-depth", "3",
+                                      "--gpu-mem-gb", "0", "--set", "io.verify=true",
+                                      "--cache-dir", "/tmp/kv-{rank}"])
+    cfg = config.load(None, overrides(args))
+    assert cfg.model.name == "tiny-1b" and cfg.io.io_depth == 3 and cfg.io.verify is True
+    assert [t.level for t in cfg.tiers] == ["dram", "storage"]
+    assert cfg.tiers[-1].params.path == "/tmp/kv-{rank}"
+
+
+# ---- models command -------------------------------------------------------------------------
+
+
+def test_models_json_lists_the_nine(tmp_path: Path) -> None:
+    proc = cli(tmp_path, "models", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert {r["model"]: r["bytes_per_token"] for r in rows} == BPT
+    assert all(r["bytes_per_token_per_rank"] == r["bytes_per_token"] for r in rows)
+
+
+@pytest.mark.parametrize("tp", [8, 3])
+def test_models_per_rank(tmp_path: Path, tp: int) -> None:
+    proc = cli(tmp_path, "models", "--tensor-parallel", str(tp), "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["model"]: r for r in json.loads(proc.stdout)}
+    for name, bpt in BPT.items():
+        got = rows[name]["bytes_per_token_per_rank"]
+        assert rows[name]["tensor_parallel"] == tp
+        if name == "deepseek-v3":
+            assert got == bpt
+            continue
+        heads = HEADS[name]
+        fits = heads % tp == 0 if tp <= heads else tp % heads == 0
+        assert got == (bpt // min(tp, heads) if fits else None), name
+
+
+def test_models_text_table(tmp_path: Path) -> None:
+    proc = cli(tmp_path, "models", "--tensor-parallel", "8")
+    assert proc.returncode == 0, proc.stderr
+    lines = {ln.split()[0]: ln.split() for ln in proc.stdout.splitlines()[1:] if ln.strip()}
+    assert set(lines) == set(BPT)
+    assert lines["llama3.1-8b"][-2:] == ["131,072", "16,384"]
+    assert lines["llama2-7b"][-1] == "65,536"
+    assert lines["deepseek-v3"][-1] == "70,272"
+
+
+def test_models_with_a_user_file(tmp_path: Path) -> None:
+    (tmp_path / "m.yaml").write_text(
+        "models:\n  mine:\n    layers: 10\n    kv_heads: 2\n    head_dim: 64\n    dtype: fp32\n")
+    proc = cli(tmp_path, "models", "--config", "m.yaml", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["model"]: r for r in json.loads(proc.stdout)}
+    assert rows["mine"]["bytes_per_token"] == 10 * 2 * 64 * 2 * 4
+    assert len(rows) == 10
+
+
+def test_set_one_weight_of_a_default_mapping_keeps_the_others_tiers() -> None:
+    """For a mapping that default.yaml spells out (tiers.hbm), --set changes one key only."""
+    cfg = config.load(None, [config.parse_set("tiers.hbm.capacity_gb=0.5")])
+    hbm = [t for t in cfg.tiers if t.level == "hbm"][0]
+    assert hbm.kind == "hbm" and hbm.capacity_bytes == 500_000_000
+
+
+def test_set_one_weight_of_a_plugin_mapping_keeps_the_others() -> None:
+    cfg = config.load(None, [config.parse_set("workload.qos_mix.interactive=0.3")])
+    assert cfg.workload.qos_mix == {"interactive": 0.3, "responsive": 0.35, "batch": 0.5}

@@ -1,0 +1,145 @@
+"""Write payloads: incompressible, no duplicate 4 KiB block, verifiable."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+import numpy as np
+import pytest
+
+from mpi_kvbench import payload as pl
+from mpi_kvbench.payload import BLOCK, PayloadSource
+
+zstd = pytest.importorskip("zstandard")
+
+STREAM = 64 << 20     # bytes of consecutive writes per check
+
+
+def write_stream(source: PayloadSource, total: int) -> tuple[float, int, int]:
+    """Takes, stamps and 'writes' buffers as the I/O pool does, ``total`` bytes in all.
+    Returns (zstd level-3 size / raw size, blocks, distinct blocks)."""
+    comp = zstd.ZstdCompressor(level=3).compressobj()
+    packed = 0
+    digests: set[bytes] = set()
+    blocks = 0
+    written = seq = 0
+    while written < total:
+        buf = source.take()
+        seq += 1
+        try:
+            pl.stamp(buf, 1000 + seq % 13, seq)            # few keys, rewritten often
+            raw = bytes(buf)
+        finally:
+            source.give_back(buf)
+        packed += len(comp.compress(raw))
+        for off in range(0, len(raw), BLOCK):
+            digests.add(hashlib.blake2b(raw[off:off + BLOCK], digest_size=16).digest())
+            blocks += 1
+        written += len(raw)
+    packed += len(comp.flush())
+    return packed / written, blocks, len(digests)
+
+
+@pytest.mark.parametrize("mode,object_bytes,depth", [
+    ("fresh", 64 << 10, 2),
+    ("fresh", 384 << 10, 8),
+    ("reuse", 2 << 20, 8),          # a ring of 20 MiB, as with real chunk sizes
+])
+def test_incompressible_and_no_duplicate_block(mode: str, object_bytes: int, depth: int) -> None:
+    src = PayloadSource(object_bytes, depth, mode)
+    try:
+        ratio, blocks, distinct = write_stream(src, STREAM)
+    finally:
+        src.close()
+    assert blocks >= STREAM // BLOCK
+    assert distinct == blocks
+    assert ratio >= 0.99
+
+
+def test_reuse_mode_with_a_small_ring_is_incompressible() -> None:
+    src = PayloadSource(64 << 10, 2, "reuse")          # e.g. small layer-wise objects, depth 2
+    try:
+        ratio, blocks, distinct = write_stream(src, 16 << 20)
+    finally:
+        src.close()
+    assert distinct == blocks                            # holds: the stamps differ
+    assert ratio >= 0.99                                 # fails
+
+
+def test_stamp_layout() -> None:
+    src = PayloadSource(3 * BLOCK, 1, "reuse")
+    try:
+        buf = src.take()
+        pl.stamp(buf, 2**64 - 3, 77)
+        for i in range(3):
+            assert struct.unpack_from("<QQQ", buf, i * BLOCK) == (2**64 - 3, 77, i * BLOCK)
+        src.give_back(buf)
+    finally:
+        src.close()
+
+
+@pytest.fixture
+def stamped():
+    src = PayloadSource(8 * BLOCK, 1, "fresh")
+    buf = src.take()
+    key = 0xDEADBEEF12345678
+    pl.stamp(buf, key, 5)
+    crc = pl.checksum(buf)
+    yield buf, key, crc
+    src.give_back(buf)
+    src.close()
+
+
+def test_check_passes_on_intact_data(stamped) -> None:
+    buf, key, crc = stamped
+    assert pl.check(buf, key, crc)
+    assert pl.check(memoryview(buf), key, crc)
+
+
+@pytest.mark.parametrize("offset", [0, 8, 16, 24, 100, BLOCK, 5 * BLOCK + 4000, 8 * BLOCK - 1])
+def test_check_fails_when_one_byte_changes(stamped, offset: int) -> None:
+    buf, key, crc = stamped
+    buf[offset] ^= 0x01
+    assert not pl.check(buf, key, crc)
+    buf[offset] ^= 0x01
+    assert pl.check(buf, key, crc)
+
+
+def test_check_fails_on_the_wrong_key(stamped) -> None:
+    buf, key, crc = stamped
+    assert not pl.check(buf, key + 1, crc)
+    assert not pl.check(buf, 0, crc)
+
+
+def test_check_fails_on_misplaced_blocks_even_with_a_matching_crc(stamped) -> None:
+    buf, key, _ = stamped
+    rows = np.frombuffer(buf, dtype=np.uint8).reshape(-1, BLOCK)
+    rows[[0, 1]] = rows[[1, 0]]                          # two blocks swapped
+    assert not pl.check(buf, key, pl.checksum(buf))
+
+
+def test_fresh_buffers_are_new_bytes_each_time() -> None:
+    src = PayloadSource(4 * BLOCK, 2, "fresh")
+    try:
+        seen = set()
+        for _ in range(50):
+            buf = src.take()
+            seen.add(hashlib.sha256(bytes(buf)[64:]).digest())   # ignore the stamp area
+            src.give_back(buf)
+        assert len(seen) == 50
+        assert src.generated_bytes >= 50 * 4 * BLOCK
+    finally:
+        src.close()
+
+
+def test_buffers_are_page_aligned_and_sized() -> None:
+    src = PayloadSource(5 * BLOCK, 3, "reuse")
+    try:
+        buf = src.take()
+        assert len(buf) == 5 * BLOCK
+        addr = np.frombuffer(buf, dtype=np.uint8).ctypes.data
+        assert addr % 4096 == 0
+        src.give_back(buf)
+    finally:
+        src.close()
