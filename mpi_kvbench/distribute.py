@@ -30,7 +30,12 @@ def replica_requests(workload: Workload, ctx: RankContext, comm: SerialComm,
     if comm.size == 1:
         return workload.requests()
     if comm.rank == 0:
-        mine = _scatter(workload, ctx, comm, serving)
+        try:
+            mine = _scatter(workload, ctx, comm, serving)
+        except BaseException:   # release every receiver; the caller reports the error
+            for dest in range(1, comm.size):
+                comm.send(None, dest)
+            raise
     else:
         mine = []
         while (batch := comm.recv(source=0)) is not None:

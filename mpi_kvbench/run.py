@@ -15,6 +15,8 @@ import resource
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,13 +28,14 @@ from mpi_kvbench.config import Config
 from mpi_kvbench.context import RankContext
 from mpi_kvbench.distribute import replica_requests
 from mpi_kvbench.engine import Engine
-from mpi_kvbench.environment import describe, memory_bytes
+from mpi_kvbench.environment import describe
 from mpi_kvbench.errors import ConfigError, RunFailed
-from mpi_kvbench.reduce import collect, group_latency
+from mpi_kvbench.reduce import Collected, collect, group_latency
 from mpi_kvbench.registry import TIERS, WORKLOADS
 from mpi_kvbench.result import write_hdf5, write_summary
 from mpi_kvbench.summary import render, summarize
 from mpi_kvbench.tiers.storage import StorageTier, remove_dirs
+from mpi_kvbench.workloads.base import Request
 
 
 def _holds_result(out_dir: str) -> bool:
@@ -118,6 +121,25 @@ def _open_in_turn(tier: StorageTier, ctx: RankContext, group: SerialComm) -> Non
         raise ConfigError("tiers.storage: the TP group's writer could not create the shared file")
 
 
+@dataclass
+class Run:
+    """What every stage of one run shares, on one rank."""
+
+    cfg: Config
+    comm: SerialComm
+    group: SerialComm          # this rank's TP group
+    ctx: RankContext
+    out_dir: str
+    run_name: str
+    started: datetime
+    command_line: str
+    tiers: list = field(default_factory=list)
+    engine: Engine | None = None
+    workload: Any = None
+    requests: Iterator[Request] = iter(())
+    calibration: list | None = None
+
+
 def execute(cfg: Config, command_line: str) -> int:
     """Runs the benchmark on every rank; returns the process exit status."""
     comm = world()
@@ -125,58 +147,62 @@ def execute(cfg: Config, command_line: str) -> int:
     run_id = comm.bcast(f"{started:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}" if comm.rank == 0
                         else None)
     run_name = cfg.run.run_name or run_id
-    out_dir = os.path.join(cfg.run.results_dir, run_name)
     ctx, group = topology(comm, cfg.kv.tensor_parallel, run_id)
     disagg.check(cfg.engine.prefill_groups, ctx, [t.level for t in cfg.tiers])
-
+    run = Run(cfg, comm, group, ctx, os.path.join(cfg.run.results_dir, run_name), run_name,
+              started, command_line)
     exc = None
-    if comm.rank == 0 and _holds_result(out_dir):   # the directory is made only to write in it
-        exc = ConfigError(f"run.run_name={run_name!r}: {out_dir} already holds a result;"
+    if comm.rank == 0 and _holds_result(run.out_dir):   # the directory is made only to write
+        exc = ConfigError(f"run.run_name={run_name!r}: {run.out_dir} already holds a result;"
                           " choose another --run-name")
     agree(comm, exc)
-
-    # set-up
-    tiers, engine, exc, calibration = [], None, None, None
     try:
-        geometry = Geometry(cfg.model, cfg.kv.chunk_tokens, cfg.kv.tensor_parallel, cfg.kv.layout)
-        storage = [t for t in cfg.tiers if t.kind == "storage"]
-        one_writer = (cfg.model.kind == "mla" and cfg.kv.mla_mode == "one_writer"
-                      and ctx.tp_size > 1)
-        if cfg.run.calibrate and storage:
-            comm.barrier()   # every rank calibrates at once, as they will run
-            calibration = calibrate(storage[0].params, ctx, geometry.object_bytes, cfg.io.io_depth,
-                                    min(storage[0].capacity_bytes, int(cfg.run.calibrate_gb * 1e9)))
-        tiers = open_tiers(cfg, ctx, group, geometry.object_bytes, one_writer)
-        workload = WORKLOADS.load(cfg.workload_kind)(cfg.workload, cfg.run.seed)
-    except Exception as err:   # noqa: BLE001 - every rank must hear of it
-        exc = err
-    try:
-        agree(comm, exc)
-        for tier in tiers:   # a TP group's ranks must plan alike: the smallest capacity rules
-            tier.capacity_bytes = group.allreduce(tier.capacity_bytes, "min")
-        try:
-            engine = Engine(cfg, tiers, storage_writer=not one_writer or ctx.tp_rank == 0)
-        except Exception as err:   # noqa: BLE001
-            exc = err
-        agree(comm, exc)
-        calibration = comm.gather(calibration)
-        return _measure(cfg, comm, group, ctx, engine, tiers, workload, out_dir, run_name,
-                        started, command_line, calibration)
+        _set_up(run)
+        return _measure(run)
     finally:
-        if engine is not None:
-            engine.close()
-        for tier in tiers:
+        if run.engine is not None:
+            run.engine.close()
+        for tier in run.tiers:
             tier.close()
 
 
-def _measure(cfg: Config, comm: SerialComm, group: SerialComm, ctx: RankContext, engine: Engine,
-             tiers: list, workload: Any, out_dir: str, run_name: str, started: datetime,
-             command_line: str, calibration: list | None) -> int:
+def _set_up(run: Run) -> None:
+    """Calibration, tiers, engine and this rank's requests; every rank agrees on failure."""
+    cfg, comm, ctx = run.cfg, run.comm, run.ctx
+    exc = None
+    one_writer = cfg.model.kind == "mla" and cfg.kv.mla_mode == "one_writer" and ctx.tp_size > 1
+    try:
+        geometry = Geometry(cfg.model, cfg.kv.chunk_tokens, cfg.kv.tensor_parallel, cfg.kv.layout)
+        storage = [t for t in cfg.tiers if t.kind == "storage"]
+        if cfg.run.calibrate and storage:
+            comm.barrier()   # every rank calibrates at once, as they will run
+            run.calibration = calibrate(
+                storage[0].params, ctx, geometry.object_bytes, cfg.io.io_depth,
+                min(storage[0].capacity_bytes, int(cfg.run.calibrate_gb * 1e9)))
+        run.tiers = open_tiers(cfg, ctx, run.group, geometry.object_bytes, one_writer)
+        run.workload = WORKLOADS.load(cfg.workload_kind)(cfg.workload, cfg.run.seed)
+    except Exception as err:   # noqa: BLE001 - every rank must hear of it
+        exc = err
+    agree(comm, exc)
+    for tier in run.tiers:   # a TP group's ranks must plan alike: the smallest capacity rules
+        tier.capacity_bytes = run.group.allreduce(tier.capacity_bytes, "min")
+    try:
+        run.engine = Engine(cfg, run.tiers, storage_writer=not one_writer or ctx.tp_rank == 0)
+        k = cfg.engine.prefill_groups
+        run.requests = replica_requests(run.workload, ctx, comm, k or None)
+        if k and ctx.group < k:
+            disagg.attach_prefill(run.engine, comm, ctx, k)
+    except Exception as err:   # noqa: BLE001
+        exc = err
+    agree(comm, exc)
+    run.calibration = comm.gather(run.calibration)
+
+
+def _measure(run: Run) -> int:
+    """Pre-conditioning, warm-up, the measured phase, reductions, tear-down, result."""
+    cfg, comm, ctx, engine = run.cfg, run.comm, run.ctx, run.engine
     k = cfg.engine.prefill_groups
     prefill, decode = bool(k) and ctx.group < k, bool(k) and ctx.group >= k
-    requests = replica_requests(workload, ctx, comm, k or None)
-    if prefill:
-        disagg.attach_prefill(engine, comm, ctx, k)
     error = None
     start = time.perf_counter_ns()
     wall_start, elapsed = time.time_ns(), 0
@@ -187,7 +213,7 @@ def _measure(cfg: Config, comm: SerialComm, group: SerialComm, ctx: RankContext,
             comm.barrier()
             t0 = time.perf_counter_ns()
             engine.start_phase(t0)
-            engine.replay(requests, t0 + int(cfg.run.warmup_s * 1e9), stop=comm.stop_requested)
+            engine.replay(run.requests, t0 + int(cfg.run.warmup_s * 1e9), stop=comm.stop_requested)
         comm.barrier()
         start = time.perf_counter_ns()
         wall_start = time.time_ns()
@@ -197,10 +223,10 @@ def _measure(cfg: Config, comm: SerialComm, group: SerialComm, ctx: RankContext,
         deadline = start + int(cfg.run.duration_s * 1e9) if cfg.run.duration_s else None
         progress = Progress(comm.rank == 0, start, cfg.run.duration_s)
         if decode:
-            o_direct = all(t.info().get("o_direct", True) for t in tiers)
+            o_direct = all(t.info().get("o_direct", True) for t in run.tiers)
             why = disagg.decode_loop(engine, comm, k, o_direct)
         else:
-            why = engine.replay(requests, deadline, cfg.run.max_requests,
+            why = engine.replay(run.requests, deadline, cfg.run.max_requests,
                                 stop=comm.stop_requested, progress=progress)
         if prefill:
             disagg.finish_prefill(comm, ctx, k)
@@ -221,37 +247,38 @@ def _measure(cfg: Config, comm: SerialComm, group: SerialComm, ctx: RankContext,
         comm.notify_stop(error)
         elapsed = elapsed or time.perf_counter_ns() - start
     wall_end = time.time_ns()
-    group_latency(group, engine.log, engine.metrics)
-    env = describe(ctx, comm.library, [t.info() | {"level": t.level} for t in tiers])
+    group_latency(run.group, engine.log, engine.metrics)
+    env = describe(ctx, comm.library, [t.info() | {"level": t.level} for t in run.tiers])
     data = collect(comm, engine.metrics, elapsed, env, error)
     wall = (comm.allreduce(wall_start, "min"), comm.allreduce(wall_end, "max"))
     engine.close()
-    for tier in tiers:
+    for tier in run.tiers:
         tier.close()
     comm.drain()   # every rank has closed: directories ranks made for each other are empty now
-    for tier in tiers:
+    for tier in run.tiers:
         if isinstance(tier, StorageTier):
             remove_dirs(tier.made_dirs)
     if comm.rank != 0:
         return 1 if comm.bcast(None) else 0
-    status = _write(cfg, data, ctx, engine, out_dir, run_name, started, command_line, wall,
-                    calibration, workload.info())
+    status = _write(run, data, wall)
     comm.bcast(status)
     return status
 
 
-def _write(cfg: Config, data: Any, ctx: RankContext, engine: Engine, out_dir: str, run_name: str,
-           started: datetime, command_line: str, wall: tuple[int, int],
-           calibration: list | None, workload_info: dict) -> int:
+def _write(run: Run, data: Collected, wall: tuple[int, int]) -> int:
+    """Rank 0: the summary, result.h5 and summary.json, and the console table."""
+    cfg, ctx, engine = run.cfg, run.ctx, run.engine
     storage = [t for e in data.env for t in e["tiers"] if t["level"] == "storage" and "o_direct" in t]
     hbm = [t for e in data.env for t in e["tiers"] if t["level"] == "hbm"]
-    peak_by_host: dict[str, int] = {}
-    for i, e in enumerate(data.env):
-        if "storage.peak_used_bytes" in data.counter_names:
-            col = data.counter_names.index("storage.peak_used_bytes")
-            peak_by_host[e["host"]] = peak_by_host.get(e["host"], 0) + int(data.counters[i, col])
-    run = {
-        "run_name": run_name,
+    # potential caching: a node's storage working set fits in that node's memory
+    working_set: dict[str, int] = {}
+    memory = {e["host"]: e["memory_bytes"] for e in data.env}
+    if "storage.peak_used_bytes" in data.counter_names:
+        col = data.counter_names.index("storage.peak_used_bytes")
+        for i, e in enumerate(data.env):
+            working_set[e["host"]] = working_set.get(e["host"], 0) + int(data.counters[i, col])
+    facts = {
+        "run_name": run.run_name,
         "tensor_parallel": ctx.tp_size,
         "replicas": ctx.replicas,
         "model": cfg.model.name,
@@ -264,27 +291,27 @@ def _write(cfg: Config, data: Any, ctx: RankContext, engine: Engine, out_dir: st
         "tiers": engine.names,
         "o_direct": all(t["o_direct"] for t in storage) if storage else None,
         "hbm_emulated": any(t["emulated"] for t in hbm) if hbm else None,
-        "potential_caching": bool(peak_by_host) and any(
-            peak < memory_bytes() for peak in peak_by_host.values()),
-        "calibration": _calibration_summary(calibration),
+        "potential_caching": any(0 < ws < memory[h] for h, ws in working_set.items()),
+        "calibration": _calibration_summary(run.calibration),
         "prefill_groups": cfg.engine.prefill_groups,
         "qos_metric": cfg.qos.metric,
         "qos_targets_ms": cfg.qos.targets_ms,
     }
-    summary = summarize(data, run)
+    summary = summarize(data, facts)
     attrs = {
         "schema_version": SCHEMA_VERSION, "tool_version": __version__,
-        "command_line": command_line, "config_yaml": cfg.text, "seed": cfg.run.seed,
-        "run_id": ctx.run_id, "run_name": run_name, "complete": summary["complete"],
-        "start_time": started.isoformat(),
+        "command_line": run.command_line, "config_yaml": cfg.text, "seed": cfg.run.seed,
+        "run_id": ctx.run_id, "run_name": run.run_name, "complete": summary["complete"],
+        "start_time": run.started.isoformat(),
         "end_time": datetime.now(UTC).isoformat(),
         "measured_start_unix_ns": wall[0], "measured_end_unix_ns": wall[1],
         "world_size": ctx.world_size, "tensor_parallel": ctx.tp_size, "replicas": ctx.replicas,
-        "nodes": ctx.nodes, "model": cfg.model.name, "mla_mode": run["mla_mode"],
-        "o_direct": run["o_direct"], "hbm_emulated": run["hbm_emulated"],
-        "payload_mode": cfg.io.payload, "workload_info": workload_info,
-        "calibration": [c for c in calibration or [] if c],
+        "nodes": ctx.nodes, "model": cfg.model.name, "mla_mode": facts["mla_mode"],
+        "o_direct": facts["o_direct"], "hbm_emulated": facts["hbm_emulated"],
+        "payload_mode": cfg.io.payload, "workload_info": run.workload.info(),
+        "calibration": [c for c in run.calibration or [] if c],
     }
+    out_dir = run.out_dir
     try:
         if _holds_result(out_dir):   # another run took the name meanwhile: keep both
             out_dir = f"{out_dir}-{ctx.run_id}"
