@@ -47,8 +47,6 @@ class RunSection:
         if not 0 <= self.precondition <= 1:
             raise ConfigError(f"run.precondition={self.precondition}: give a share of the storage"
                               " capacity between 0 and 1")
-        if self.duration_s == 0 and self.max_requests == 0:
-            raise ConfigError("run.duration_s and run.max_requests are both 0: set one of them")
         if "/" in self.run_name or self.run_name in (".", ".."):
             raise ConfigError(f"run.run_name={self.run_name!r}: use a plain name without '/'")
 
@@ -285,6 +283,9 @@ def validate(raw: dict) -> Config:
         raise ConfigError("tiers: every capacity_gb is 0; give at least one tier a capacity")
 
     run = sections["run"]
+    if run.duration_s == 0 and run.max_requests == 0 and wl_kind == "synthetic":
+        raise ConfigError("run.duration_s and run.max_requests are both 0 and synthetic users never"
+                          " stop: set one of them")
     check_path(run.results_dir, "run.results_dir")
     for t in tiers:
         if getattr(t.params, "path", ""):

@@ -82,7 +82,13 @@ POLICIES = Registry(
 
 WORKLOADS = Registry(
     "workloads",
-    {"synthetic": "mpi_kvbench.workloads.synthetic:SyntheticWorkload"},
+    {
+        "synthetic": "mpi_kvbench.workloads.synthetic:SyntheticWorkload",
+        "sharegpt": "mpi_kvbench.workloads.sharegpt:SharegptWorkload",
+        "burstgpt": "mpi_kvbench.workloads.burstgpt:BurstgptWorkload",
+        "mooncake": "mpi_kvbench.workloads.mooncake:MooncakeWorkload",
+        "azure": "mpi_kvbench.workloads.azure:AzureWorkload",
+    },
     required=("requests", "info"),
 )
 

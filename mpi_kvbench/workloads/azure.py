@@ -1,0 +1,58 @@
+"""Azure LLM inference traces (CSV): ``TIMESTAMP, ContextTokens, GeneratedTokens``.
+
+TIMESTAMP is a date-time (``2023-11-16 18:15:46.6805900``: fractions up to 7 digits);
+arrivals count from the first row. The trace carries no content, so every request is
+its own user with a fresh prompt: it measures cache-miss traffic and arrival bursts.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from collections.abc import Iterator
+from datetime import datetime
+
+from mpi_kvbench.errors import ConfigError
+from mpi_kvbench.workloads.tracefile import TraceParams, TraceRow, TraceWorkload, text_id
+
+COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
+
+
+def parse_time(text: str) -> float:
+    """Seconds since the epoch of an Azure timestamp (fractions trimmed to microseconds)."""
+    text = text.strip().replace("T", " ").rstrip("Z")
+    if "." in text:
+        head, frac = text.split(".", 1)
+        text = f"{head}.{frac[:6]}"
+    return datetime.fromisoformat(text).timestamp()
+
+
+class AzureWorkload(TraceWorkload):
+    """Azure LLM inference CSV: timestamps, context and generated token counts."""
+
+    FORMAT_KIND = "azure"
+
+    @dataclasses.dataclass(frozen=True)
+    class Params(TraceParams):
+        FORMAT = "Azure LLM inference CSV"
+
+    def rows(self) -> Iterator[TraceRow]:
+        with open(self.params.trace, newline="", encoding="utf-8", errors="replace") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ConfigError(f"workload.trace: {self.params.trace} lacks the column"
+                                  f" {missing[0]}; an Azure trace has {', '.join(COLUMNS)}")
+            for n, rec in enumerate(reader):
+                try:
+                    t = parse_time(rec["TIMESTAMP"])
+                    ctx, gen = int(float(rec["ContextTokens"])), int(float(rec["GeneratedTokens"]))
+                except (ValueError, TypeError):
+                    self.skipped += 1
+                    self.skipped_reason = "rows with an unreadable field"
+                    continue
+                if ctx < 1:
+                    self.skipped += 1
+                    continue
+                yield TraceRow(t, n, n, ((text_id("azure-prompt", n), ctx),), max(1, gen),
+                               text_id("azure-out", n))

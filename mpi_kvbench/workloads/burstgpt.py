@@ -1,0 +1,63 @@
+"""BurstGPT traces (CSV): ``Timestamp, Model, Request tokens, Response tokens, Total tokens,
+Log Type``; version 2 adds ``Session ID`` and ``Elapsed time``.
+
+Timestamps are seconds. Without a ``Session ID`` every row is its own user with a fresh
+prompt. With one, the rows of a session are the turns of one conversation: a turn's
+prompt is the previous turn's prompt and answer plus new tokens, ``max(1, Request tokens
+- previous context)``, so a turn reuses the chain of the one before it (the trace counts
+the whole context in ``Request tokens``). Rows with missing or zero token counts
+(failed requests) are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from collections.abc import Iterator
+
+from mpi_kvbench.errors import ConfigError
+from mpi_kvbench.workloads.tracefile import TraceParams, TraceRow, TraceWorkload, text_id
+
+COLUMNS = ("Timestamp", "Request tokens", "Response tokens")
+
+
+class BurstgptWorkload(TraceWorkload):
+    """BurstGPT CSV (v1, or v2 with sessions): bursty arrivals of real token counts."""
+
+    FORMAT_KIND = "burstgpt"
+
+    @dataclasses.dataclass(frozen=True)
+    class Params(TraceParams):
+        FORMAT = "BurstGPT CSV"
+
+    def rows(self) -> Iterator[TraceRow]:
+        sessions: dict[str, tuple[int, tuple[tuple[int, int], ...]]] = {}   # id -> (user, context)
+        with open(self.params.trace, newline="", encoding="utf-8", errors="replace") as fh:
+            reader = csv.DictReader(fh)
+            fields = reader.fieldnames or []
+            missing = [c for c in COLUMNS if c not in fields]
+            if missing:
+                raise ConfigError(f"workload.trace: {self.params.trace} lacks the column"
+                                  f" {missing[0]!r}; a BurstGPT trace has {', '.join(COLUMNS)}")
+            has_sessions = "Session ID" in fields
+            self._info["sessions"] = has_sessions
+            for n, rec in enumerate(reader):
+                try:
+                    t = float(rec["Timestamp"])
+                    req, resp = int(float(rec["Request tokens"])), int(float(rec["Response tokens"]))
+                except (ValueError, TypeError):
+                    self.skipped += 1
+                    self.skipped_reason = "rows with an unreadable field"
+                    continue
+                if req < 1 or resp < 1:
+                    self.skipped += 1
+                    self.skipped_reason = "rows with zero tokens (failed requests)"
+                    continue
+                sid = (rec.get("Session ID") or "").strip() if has_sessions else ""
+                user, context = sessions.get(sid, (n, ())) if sid else (n, ())
+                held = sum(k for _, k in context)
+                segs = (*context, (text_id("burstgpt", n), max(1, req - held)))
+                out = text_id("burstgpt-out", n)
+                if sid:
+                    sessions[sid] = (user, (*segs, (out, resp)))
+                yield TraceRow(t, user, user, segs, resp, out)
