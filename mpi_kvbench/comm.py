@@ -8,6 +8,7 @@ Everything else (engine, tiers, metrics) takes plain values and never sees MPI.
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,9 @@ class SerialComm:
 
     def bcast(self, obj: Any) -> Any:
         return obj
+
+    def quiet_barrier(self) -> None:
+        pass
 
     def allgather(self, obj: Any) -> list:
         return [obj]
@@ -100,6 +104,13 @@ class MpiComm(SerialComm):
 
     def bcast(self, obj: Any) -> Any:
         return self.comm.bcast(obj, root=0)
+
+    def quiet_barrier(self) -> None:
+        """A barrier that waits in 1 ms sleeps: MPI's own busy-polls, and a rank that is
+        done first must not take a core from ranks still measuring (more ranks than cores)."""
+        req = self.comm.Ibarrier()
+        while not req.Test():
+            time.sleep(0.001)
 
     def allgather(self, obj: Any) -> list:
         return self.comm.allgather(obj)

@@ -11,13 +11,15 @@ only one batch per replica at a time.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
-from mpi_kvbench.comm import SerialComm
+from mpi_kvbench.comm import TAG_TRACE, SerialComm
 from mpi_kvbench.context import RankContext
 from mpi_kvbench.workloads.base import Request, Workload
 
 BATCH = 2000
+END = "end"          # after the last batch
 
 
 def replica_requests(workload: Workload, ctx: RankContext, comm: SerialComm,
@@ -34,13 +36,21 @@ def replica_requests(workload: Workload, ctx: RankContext, comm: SerialComm,
             mine = _scatter(workload, ctx, comm, serving)
         except BaseException:   # release every receiver; the caller reports the error
             for dest in range(1, comm.size):
-                comm.send(None, dest)
+                comm.send(END, dest)
             raise
     else:
         mine = []
-        while (batch := comm.recv(source=0)) is not None:
+        while (batch := _next_batch(comm)) is not None:
             mine.extend(batch)
     return iter(mine)
+
+
+def _next_batch(comm: SerialComm) -> list[Request] | None:
+    """Rank 0's next batch, None after the last, waiting without spinning a core (MPI's
+    blocking receive busy-polls, which starves rank 0 where ranks outnumber cores)."""
+    while (batch := comm.poll(TAG_TRACE)) is None:
+        time.sleep(0.001)
+    return None if batch == END else batch
 
 
 def _scatter(workload: Workload, ctx: RankContext, comm: SerialComm,
@@ -66,5 +76,5 @@ def _scatter(workload: Workload, ctx: RankContext, comm: SerialComm,
         flush(group)
         for dest in range(group * tp, (group + 1) * tp):
             if dest != 0:
-                comm.send(None, dest)
+                comm.send(END, dest)
     return mine

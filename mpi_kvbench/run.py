@@ -214,7 +214,7 @@ def _measure(run: Run) -> int:
             t0 = time.perf_counter_ns()
             engine.start_phase(t0)
             engine.replay(run.requests, t0 + int(cfg.run.warmup_s * 1e9), stop=comm.stop_requested)
-        comm.barrier()
+        comm.quiet_barrier()
         start = time.perf_counter_ns()
         wall_start = time.time_ns()
         engine.start_phase(start)
@@ -247,6 +247,7 @@ def _measure(run: Run) -> int:
         comm.notify_stop(error)
         elapsed = elapsed or time.perf_counter_ns() - start
     wall_end = time.time_ns()
+    comm.quiet_barrier()
     group_latency(run.group, engine.log, engine.metrics)
     env = describe(ctx, comm.library, [t.info() | {"level": t.level} for t in run.tiers])
     data = collect(comm, engine.metrics, elapsed, env, error)

@@ -13,7 +13,9 @@ from collections.abc import Iterator
 from datetime import datetime
 
 from mpi_kvbench.errors import ConfigError
-from mpi_kvbench.workloads.tracefile import TraceParams, TraceRow, TraceWorkload, text_id
+from mpi_kvbench.workloads.tracefile import TraceParams, TraceRow, TraceWorkload
+
+OUTPUT = 1 << 63      # identities of generated tokens; a prompt is its row number
 
 COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 
@@ -54,5 +56,5 @@ class AzureWorkload(TraceWorkload):
                 if ctx < 1:
                     self.skipped += 1
                     continue
-                yield TraceRow(t, n, n, ((text_id("azure-prompt", n), ctx),), max(1, gen),
-                               text_id("azure-out", n))
+                yield TraceRow(t, n, n, ((n, ctx),), max(1, gen),
+                               OUTPUT | n)

@@ -16,7 +16,9 @@ import dataclasses
 from collections.abc import Iterator
 
 from mpi_kvbench.errors import ConfigError
-from mpi_kvbench.workloads.tracefile import TraceParams, TraceRow, TraceWorkload, text_id
+from mpi_kvbench.workloads.tracefile import TraceParams, TraceRow, TraceWorkload
+
+OUTPUT = 1 << 63      # identities of generated tokens; new prompt tokens are their row
 
 COLUMNS = ("Timestamp", "Request tokens", "Response tokens")
 
@@ -56,8 +58,8 @@ class BurstgptWorkload(TraceWorkload):
                 sid = (rec.get("Session ID") or "").strip() if has_sessions else ""
                 user, context = sessions.get(sid, (n, ())) if sid else (n, ())
                 held = sum(k for _, k in context)
-                segs = (*context, (text_id("burstgpt", n), max(1, req - held)))
-                out = text_id("burstgpt-out", n)
+                segs = (*context, (n, max(1, req - held)))
+                out = OUTPUT | n
                 if sid:
                     sessions[sid] = (user, (*segs, (out, resp)))
                 yield TraceRow(t, user, user, segs, resp, out)

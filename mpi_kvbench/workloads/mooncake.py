@@ -12,7 +12,9 @@ import dataclasses
 import json
 from collections.abc import Iterable, Iterator, Sequence
 
-from mpi_kvbench.workloads.tracefile import TraceParams, TraceRow, TraceWorkload, text_id
+from mpi_kvbench.workloads.tracefile import MASK64, TraceParams, TraceRow, TraceWorkload
+
+OUTPUT = 1 << 63      # identities of generated tokens; hash ids stay as they are
 
 BLOCK_TOKENS = 512
 
@@ -23,7 +25,7 @@ def block_segments(input_length: int, hash_ids: Sequence[int]) -> tuple[tuple[in
     for i, h in enumerate(hash_ids):
         last = i == len(hash_ids) - 1
         n = max(1, input_length - BLOCK_TOKENS * i) if last else BLOCK_TOKENS
-        segs.append((text_id("mooncake-block", h), n))
+        segs.append((h & MASK64, n))
     return tuple(segs)
 
 
@@ -75,4 +77,4 @@ class MooncakeWorkload(TraceWorkload):
                     self.skipped += 1
                     continue
                 yield TraceRow(ts / 1000.0, n, n, block_segments(length, ids), max(1, out),
-                               text_id("mooncake-out", n))
+                               OUTPUT | n)

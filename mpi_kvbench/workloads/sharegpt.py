@@ -98,7 +98,7 @@ class SharegptWorkload(TraceWorkload):
             pending = None
             for turn in turns:
                 role, text = str(turn.get("from", "")).lower(), turn["value"]
-                seg = (text_id("sharegpt", text), count(text))
+                seg = (text_id(text), count(text))
                 if role in PROMPT_ROLES:
                     pending = seg
                     context = (*context, seg)

@@ -12,6 +12,7 @@ times shifted by the trace's span plus its mean gap.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
 import os
@@ -24,16 +25,27 @@ import numpy as np
 from mpi_kvbench.errors import ConfigError
 from mpi_kvbench.workloads.base import QOS_CLASSES, Request, Workload
 
-MASK63 = (1 << 63) - 1
+MASK64 = (1 << 64) - 1
 
 
-def text_id(*parts: object) -> int:
-    """A 64-bit content identity: equal parts, equal identity (equal tokens)."""
-    h = hashlib.blake2b(digest_size=8)
-    for part in parts:
-        h.update(str(part).encode())
-        h.update(b"\0")
-    return int.from_bytes(h.digest(), "little")
+def mix64(*values: int) -> int:
+    """A 64-bit identity of a few integers (splitmix64 steps): fast, well spread."""
+    x = 0x243F6A8885A308D3
+    for v in values:
+        x = (x ^ (v & MASK64)) * 0xBF58476D1CE4E5B9 & MASK64
+        x = (x ^ (x >> 31)) * 0x94D049BB133111EB & MASK64
+        x ^= x >> 29
+    return x
+
+
+def text_id(text: str) -> int:
+    """A 64-bit content identity of a text: equal texts, equal tokens."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def draw(seed: int, user: int) -> float:
+    """A uniform number in [0, 1) fixed by seed and user (a QoS class per user)."""
+    return mix64(seed, user) / 2.0**64
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +137,8 @@ class TraceWorkload(Workload):
         period = (t1 - t0) + ((t1 - t0) / (len(rows) - 1) if len(rows) > 1 else 1.0)
         users = max(r.user for r in rows) + 1
         names = [n for n, w in p.qos_mix.items() if w > 0]
-        weights = np.array([p.qos_mix[n] for n in names], dtype=float)
-        weights /= weights.sum()
+        bounds = list(np.cumsum([p.qos_mix[n] for n in names], dtype=float) / sum(
+            p.qos_mix[n] for n in names))
         poisson = np.random.default_rng([self.seed, 7]) if p.request_rate > 0 else None
         clock = 0.0
         qos: dict[int, str] = {}
@@ -134,8 +146,8 @@ class TraceWorkload(Workload):
             for i, row in enumerate(rows):
                 user = row.user + cycle * users
                 if user not in qos:   # a class per user, from the seed
-                    qos[user] = names[np.random.default_rng([self.seed, user]).choice(
-                        len(names), p=weights)]
+                    qos[user] = names[min(bisect.bisect_right(bounds, draw(self.seed, user)),
+                                          len(names) - 1)]
                 if poisson is not None:
                     clock += float(poisson.exponential(1.0 / p.request_rate))
                     arrival = clock

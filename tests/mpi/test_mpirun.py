@@ -20,9 +20,9 @@ HERE = Path(__file__).parent
 MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
 pytestmark = pytest.mark.skipif(MPIRUN is None, reason="no mpirun: pip install -e '.[mpi]'")
 
-SMALL = ["--model", "tiny-1b", "--chunk-tokens", "64", "--gpu-mem-gb", "0.002",
-         "--cpu-mem-gb", "0.004", "--storage-capacity-gb", "0.05", "--io-depth", "2",
-         "--set", "workload.users=6"]
+TIERS = ["--model", "tiny-1b", "--chunk-tokens", "64", "--gpu-mem-gb", "0.002",
+         "--cpu-mem-gb", "0.004", "--storage-capacity-gb", "0.05", "--io-depth", "2"]
+SMALL = [*TIERS, "--users", "6"]
 
 
 def mpirun(n: int, *args: str, cwd: Path, env: dict | None = None, timeout: float = 150):
@@ -33,8 +33,9 @@ def mpirun(n: int, *args: str, cwd: Path, env: dict | None = None, timeout: floa
     return proc, time.monotonic() - t0
 
 
-def run_ok(tmp: Path, name: str, n: int = 4, *extra: str) -> tuple[dict, h5py.File]:
-    proc, _ = mpirun(n, *SMALL, "--duration", "0", "--max-requests", "8", "--results-dir",
+def run_ok(tmp: Path, name: str, n: int = 4, *extra: str, base: list[str] = SMALL
+           ) -> tuple[dict, h5py.File]:
+    proc, _ = mpirun(n, *base, "--duration", "0", "--max-requests", "8", "--results-dir",
                      str(tmp / "res"), "--run-name", name, "--cache-dir",
                      str(tmp / "cache" / "{rank}"), *extra, cwd=tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -196,3 +197,21 @@ def test_disaggregated_every_prefill_written_chunk_is_read_by_decode(tmp_path: P
     assert col["requests_prefilled"][prefill].sum() == 16
     assert summary["requests_completed"] == 16
     assert summary["disaggregated"]["handoff_latency_ms"]["p50"] > 0
+
+
+def test_a_trace_read_on_rank_0_is_served_whole_by_the_groups(tmp_path: Path) -> None:
+    trace = tmp_path / "mc.jsonl"
+    lines = [json.dumps({"timestamp": 10 * i, "input_length": 300 + 97 * (i % 9),
+                         "output_length": 8, "hash_ids": [i % 5, 100 + i % 3, 1000 + i]})
+             for i in range(37)]
+    trace.write_text("\n".join(lines) + "\n")
+    summary, f = run_ok(tmp_path, "trace", 4, "--tensor-parallel", "2", "--workload", "mooncake",
+                        "--trace", str(trace), "--max-requests", "0", "--trace-speedup", "100",
+                        base=TIERS)
+    with f:
+        cn = names(f["counters"])
+        done = f["counters/per_rank"][()][:, cn.index("requests_completed")]
+        info = json.loads(f.attrs["workload_info"])
+    assert summary["requests_completed"] == 37 == info["requests"]
+    assert done[0] == done[1] and done[2] == done[3]        # a group's ranks serve the same
+    assert done[0] + done[2] == 37 and min(done[0], done[2]) > 0
