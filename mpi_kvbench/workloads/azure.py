@@ -7,12 +7,10 @@ its own user with a fresh prompt: it measures cache-miss traffic and arrival bur
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 from collections.abc import Iterator
 from datetime import datetime
 
-from mpi_kvbench.errors import ConfigError
 from mpi_kvbench.workloads.tracefile import TraceParams, TraceRow, TraceWorkload
 
 OUTPUT = 1 << 63      # identities of generated tokens; a prompt is its row number
@@ -39,22 +37,14 @@ class AzureWorkload(TraceWorkload):
         FORMAT = "Azure LLM inference CSV"
 
     def rows(self) -> Iterator[TraceRow]:
-        with open(self.params.trace, newline="", encoding="utf-8", errors="replace") as fh:
-            reader = csv.DictReader(fh)
-            missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise ConfigError(f"workload.trace: {self.params.trace} lacks the column"
-                                  f" {missing[0]}; an Azure trace has {', '.join(COLUMNS)}")
-            for n, rec in enumerate(reader):
-                try:
-                    t = parse_time(rec["TIMESTAMP"])
-                    ctx, gen = int(float(rec["ContextTokens"])), int(float(rec["GeneratedTokens"]))
-                except (ValueError, TypeError):
-                    self.skipped += 1
-                    self.skipped_reason = "rows with an unreadable field"
-                    continue
-                if ctx < 1:
-                    self.skipped += 1
-                    continue
-                yield TraceRow(t, n, n, ((n, ctx),), max(1, gen),
-                               OUTPUT | n)
+        for n, rec in self.csv_records(COLUMNS):
+            try:
+                t = parse_time(rec["TIMESTAMP"])
+                ctx, gen = int(float(rec["ContextTokens"])), int(float(rec["GeneratedTokens"]))
+            except (ValueError, TypeError):
+                self.skip("rows with an unreadable field")
+                continue
+            if ctx < 1:
+                self.skip("rows without context tokens")
+                continue
+            yield TraceRow(t, n, n, ((n, ctx),), max(1, gen), OUTPUT | n)

@@ -11,11 +11,9 @@ the whole context in ``Request tokens``). Rows with missing or zero token counts
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 from collections.abc import Iterator
 
-from mpi_kvbench.errors import ConfigError
 from mpi_kvbench.workloads.tracefile import TraceParams, TraceRow, TraceWorkload
 
 OUTPUT = 1 << 63      # identities of generated tokens; new prompt tokens are their row
@@ -34,32 +32,21 @@ class BurstgptWorkload(TraceWorkload):
 
     def rows(self) -> Iterator[TraceRow]:
         sessions: dict[str, tuple[int, tuple[tuple[int, int], ...]]] = {}   # id -> (user, context)
-        with open(self.params.trace, newline="", encoding="utf-8", errors="replace") as fh:
-            reader = csv.DictReader(fh)
-            fields = reader.fieldnames or []
-            missing = [c for c in COLUMNS if c not in fields]
-            if missing:
-                raise ConfigError(f"workload.trace: {self.params.trace} lacks the column"
-                                  f" {missing[0]!r}; a BurstGPT trace has {', '.join(COLUMNS)}")
-            has_sessions = "Session ID" in fields
-            self._info["sessions"] = has_sessions
-            for n, rec in enumerate(reader):
-                try:
-                    t = float(rec["Timestamp"])
-                    req, resp = int(float(rec["Request tokens"])), int(float(rec["Response tokens"]))
-                except (ValueError, TypeError):
-                    self.skipped += 1
-                    self.skipped_reason = "rows with an unreadable field"
-                    continue
-                if req < 1 or resp < 1:
-                    self.skipped += 1
-                    self.skipped_reason = "rows with zero tokens (failed requests)"
-                    continue
-                sid = (rec.get("Session ID") or "").strip() if has_sessions else ""
-                user, context = sessions.get(sid, (n, ())) if sid else (n, ())
-                held = sum(k for _, k in context)
-                segs = (*context, (n, max(1, req - held)))
-                out = OUTPUT | n
-                if sid:
-                    sessions[sid] = (user, (*segs, (out, resp)))
-                yield TraceRow(t, user, user, segs, resp, out)
+        for n, rec in self.csv_records(COLUMNS):
+            has_sessions = self._info["sessions"] = "Session ID" in self.columns
+            try:
+                t = float(rec["Timestamp"])
+                req, resp = int(float(rec["Request tokens"])), int(float(rec["Response tokens"]))
+            except (ValueError, TypeError):
+                self.skip("rows with an unreadable field")
+                continue
+            if req < 1 or resp < 1:
+                self.skip("rows with zero tokens (failed requests)")
+                continue
+            sid = (rec.get("Session ID") or "").strip() if has_sessions else ""
+            user, context = sessions.get(sid, (n, ())) if sid else (n, ())
+            held = sum(k for _, k in context)
+            segs = (*context, (n, max(1, req - held)))
+            if sid:
+                sessions[sid] = (user, (*segs, (OUTPUT | n, resp)))
+            yield TraceRow(t, user, user, segs, resp, OUTPUT | n)

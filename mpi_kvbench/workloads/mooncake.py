@@ -70,11 +70,10 @@ class MooncakeWorkload(TraceWorkload):
                     ts, length = float(rec["timestamp"]), int(rec["input_length"])
                     out, ids = int(rec["output_length"]), [int(h) for h in rec["hash_ids"]]
                 except (ValueError, KeyError, TypeError):
-                    self.skipped += 1
-                    self.skipped_reason = "lines that are not a whole JSON record"
+                    self.skip("lines that are not a whole JSON record")
                     continue
                 if length < 1 or not ids:
-                    self.skipped += 1
+                    self.skip("records without prompt tokens")
                     continue
                 yield TraceRow(ts / 1000.0, n, n, block_segments(length, ids), max(1, out),
                                OUTPUT | n)

@@ -83,15 +83,13 @@ class SharegptWorkload(TraceWorkload):
         name, count = tokenizer()
         self._info.update(tokenizer=name, truncated=truncated)
         if truncated:
-            self.skipped += 1
-            self.skipped_reason = "the file ends inside a conversation (truncated)"
+            self.skip("the file ends inside a conversation (truncated)")
         conversations = 0
         for user, entry in enumerate(entries):
             turns = entry.get("conversations") if isinstance(entry, dict) else None
             if not isinstance(turns, list) or not all(
                     isinstance(t, dict) and isinstance(t.get("value"), str) for t in turns):
-                self.skipped += 1
-                self.skipped_reason = self.skipped_reason or "entries without a conversations list"
+                self.skip("entries without a conversations list")
                 continue
             conversations += 1
             context: tuple[tuple[int, int], ...] = ()

@@ -13,10 +13,11 @@ times shifted by the trace's span plus its mean gap.
 from __future__ import annotations
 
 import bisect
+import csv
 import dataclasses
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +110,22 @@ class TraceWorkload(Workload):
 
     def rows(self) -> Iterator[TraceRow]:
         raise NotImplementedError
+
+    def csv_records(self, columns: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
+        """Numbered rows of a CSV trace, after checking that it has ``columns``."""
+        with open(self.params.trace, newline="", encoding="utf-8", errors="replace") as fh:
+            reader = csv.DictReader(fh)
+            self.columns = reader.fieldnames or []
+            missing = [c for c in columns if c not in self.columns]
+            if missing:
+                raise ConfigError(
+                    f"workload.trace: {self.params.trace} lacks the column {missing[0]!r}; a"
+                    f" {self.params.FORMAT} file has {', '.join(columns)}")
+            yield from enumerate(reader)
+
+    def skip(self, reason: str) -> None:
+        self.skipped += 1
+        self.skipped_reason = self.skipped_reason or reason
 
     def _load(self) -> list[TraceRow]:
         rows = list(self.rows())
