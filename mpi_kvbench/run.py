@@ -295,6 +295,7 @@ def _write(run: Run, data: Collected, wall: tuple[int, int]) -> int:
         "potential_caching": any(0 < ws < memory[h] for h, ws in working_set.items()),
         "calibration": _calibration_summary(run.calibration),
         "prefill_groups": cfg.engine.prefill_groups,
+        "stonewall": cfg.run.stonewall,
         "qos_metric": cfg.qos.metric,
         "qos_targets_ms": cfg.qos.targets_ms,
     }

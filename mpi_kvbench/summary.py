@@ -153,6 +153,13 @@ def summarize(data: Collected, run: dict[str, Any]) -> dict[str, Any]:
             if data.counter("payload.generated_bytes") else None,
             "payload_stalls": data.counter("payload.stalls"),
         },
+        "stonewall": {   # IOR-style: the first rank to finish its share stops the others
+            "enabled": run.get("stonewall", False),
+            "ranks_stopped_early": data.counter("stopped_by_stonewall"),
+            "first_rank_done_s": round(float(data.elapsed_ns.min()) / 1e9, 4)
+            if data.elapsed_ns.size else None,
+            "last_rank_done_s": round(window_s, 4),
+        },
         "verify": {"checked": data.counter("verify_checked"),
                    "mismatches": data.counter("verify_mismatches")},
     }

@@ -215,3 +215,26 @@ def test_a_trace_read_on_rank_0_is_served_whole_by_the_groups(tmp_path: Path) ->
     assert summary["requests_completed"] == 37 == info["requests"]
     assert done[0] == done[1] and done[2] == done[3]        # a group's ranks serve the same
     assert done[0] + done[2] == 37 and min(done[0], done[2]) > 0
+
+
+def test_stonewall_ends_every_rank_when_the_first_finishes_its_share(tmp_path: Path) -> None:
+    # users are line numbers: group 0 (even users) gets one request, group 1 gets 100
+    lines = []
+    for i in range(201):
+        if i % 2 == 0 and i > 0:
+            lines.append("not json")                  # skipped, but keeps the numbering
+        else:
+            lines.append(json.dumps({"timestamp": 0, "input_length": 1024, "output_length": 4,
+                                     "hash_ids": [i, i + 1000]}))
+    trace = tmp_path / "sw.jsonl"
+    trace.write_text("\n".join(lines) + "\n")
+    slow = ["--model", "tiny-1b", "--gpu-mem-gb", "0", "--cpu-mem-gb", "0",
+            "--storage-capacity-gb", "100", "--set", "tiers.storage.kind=null",
+            "--set", "tiers.storage.latency_us=5000", "--io-depth", "1"]
+    summary, f = run_ok(tmp_path, "sw", 2, "--workload", "mooncake", "--trace", str(trace),
+                        "--max-requests", "0", "--set", "run.stonewall=true", base=slow)
+    f.close()
+    sw = summary["stonewall"]
+    assert sw["enabled"] is True and sw["ranks_stopped_early"] == 1
+    assert 1 < summary["requests_completed"] < 101
+    assert sw["first_rank_done_s"] <= sw["last_rank_done_s"]
