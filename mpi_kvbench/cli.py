@@ -178,12 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
     parser = build_parser()
     try:
-        commands = {"run", "models", "calibrate"}
-        if not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help", "--version")):
-            argv_run = ["run", *argv]
-        else:
-            argv_run = argv
-        args = parser.parse_args(argv_run)
+        plain = not argv or argv[0] not in ("run", "models", "calibrate", "-h", "--help",
+                                            "--version")
+        args = parser.parse_args(["run", *argv] if plain else argv)   # run is the default
         if args.command == "models":
             return cmd_models(args)
         if args.command == "calibrate":
