@@ -40,7 +40,7 @@ def fake_metrics(n_requests: int, seed: int) -> tuple[Metrics, RequestLog]:
         log.index.append(i)
         log.e2e_ns.append(v)
         log.prefill_ns.append(v // 2)
-    log.qos = ["batch"] * n_requests
+        log.qos.append(2)
     return m, log
 
 

@@ -154,7 +154,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise ConfigError("--size-gb: give a positive size")
     geo = Geometry(cfg.model, cfg.kv.chunk_tokens, cfg.kv.tensor_parallel, cfg.kv.layout)
     params = StorageTier.Params(path=args.cache_dir)
-    result = calibrate(params, RankContext(run_id="calibrate"), geo.object_bytes, cfg.io.io_depth,
+    result = calibrate(params, RankContext(run_id=f"cal{os.getpid()}"), geo.object_bytes, cfg.io.io_depth,
                        int(args.size_gb * 1e9))
     if args.json:
         print(json.dumps(result, indent=2))

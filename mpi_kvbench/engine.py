@@ -33,7 +33,7 @@ from mpi_kvbench.metrics import Metrics
 from mpi_kvbench.payload import PayloadSource
 from mpi_kvbench.registry import POLICIES
 from mpi_kvbench.tiers.base import Tier
-from mpi_kvbench.workloads.base import Request
+from mpi_kvbench.workloads.base import QOS_CLASSES, Request
 
 
 @dataclass
@@ -43,12 +43,13 @@ class RequestLog:
     index: array = field(default_factory=lambda: array("q"))
     e2e_ns: array = field(default_factory=lambda: array("q"))
     prefill_ns: array = field(default_factory=lambda: array("q"))
-    qos: list[str] = field(default_factory=list)
+    qos: array = field(default_factory=lambda: array("b"))   # index into QOS_CLASSES
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Zero-copy int64 views of the three columns."""
-        return tuple(np.frombuffer(a, dtype=np.int64) for a in
-                     (self.index, self.e2e_ns, self.prefill_ns))
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """Zero-copy views: index, e2e_ns, prefill_ns (int64) and qos (int8)."""
+        return (*(np.frombuffer(a, dtype=np.int64) for a in
+                  (self.index, self.e2e_ns, self.prefill_ns)),
+                np.frombuffer(self.qos, dtype=np.int8))
 
 
 class Engine:
@@ -250,7 +251,7 @@ class Engine:
         self.log.index.append(req.index)
         self.log.e2e_ns.append(done - intended)
         self.log.prefill_ns.append(storage_ns)
-        self.log.qos.append(req.qos)
+        self.log.qos.append(QOS_CLASSES.index(req.qos))
 
     def _intended_ns(self, req: Request) -> int:
         if req.think_s is not None and req.user in self._user_done_ns:

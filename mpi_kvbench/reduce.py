@@ -16,6 +16,7 @@ import numpy as np
 from mpi_kvbench.comm import SerialComm
 from mpi_kvbench.engine import RequestLog
 from mpi_kvbench.metrics import N_BUCKETS, Histogram, Metrics
+from mpi_kvbench.workloads.base import QOS_CLASSES
 
 
 @dataclass
@@ -56,26 +57,25 @@ def group_latency(group: SerialComm, log: RequestLog, metrics: Metrics) -> None:
     Every rank of a group serves the same requests; those that all of them completed are
     matched by request index and compared element-wise (one gather inside the group).
     """
-    index, e2e, prefill = log.arrays()
-    shards = group.gather((index, e2e, prefill, log.qos))
+    shards = group.gather(log.arrays())
     if group.rank != 0:
         return
     common = shards[0][0]
     for idx, *_ in shards[1:]:
         common = np.intersect1d(common, idx)
     worst = np.zeros((2, common.size), dtype=np.int64)
-    qos = np.empty(common.size, dtype=object)
+    qos = np.zeros(common.size, dtype=np.int8)
     for idx, s_e2e, s_prefill, s_qos in shards:
-        at = np.searchsorted(idx, common, sorter=np.argsort(idx))
-        order = np.argsort(idx)[at]
+        by_index = np.argsort(idx)
+        order = by_index[np.searchsorted(idx, common, sorter=by_index)]
         worst[0] = np.maximum(worst[0], s_e2e[order])
         worst[1] = np.maximum(worst[1], s_prefill[order])
-        qos = np.asarray(s_qos, dtype=object)[order]
+        qos = s_qos[order]
     for i, name in enumerate(("e2e", "prefill_storage")):
         metrics.hist.setdefault(f"group.{name}", Histogram()).record_many(worst[i])
-        for cls in sorted(set(qos)):
-            metrics.hist.setdefault(f"group.qos.{cls}.{name}", Histogram()).record_many(
-                worst[i][qos == cls])
+        for c in np.unique(qos):
+            metrics.hist.setdefault(f"group.qos.{QOS_CLASSES[c]}.{name}", Histogram()).record_many(
+                worst[i][qos == c])
     metrics.add("group.requests_completed", int(common.size))
 
 
