@@ -47,6 +47,7 @@ class Tier(abc.ABC):
 
     name: ClassVar[str]
     needs_payload: ClassVar[bool] = True   # False for tiers that never look at the bytes
+    level: str = ""                        # hbm, dram or storage: set by the run that opens it
 
     @dataclasses.dataclass(frozen=True)
     class Params:
