@@ -47,9 +47,6 @@ class SerialComm:
     def reduce_array(self, arr: np.ndarray, op: str = "sum") -> np.ndarray | None:
         return arr.copy()
 
-    def allreduce_array(self, arr: np.ndarray, op: str = "max") -> np.ndarray:
-        return arr.copy()
-
     def gather_array(self, arr: np.ndarray) -> np.ndarray | None:
         return arr[None, ...].copy()
 
@@ -125,12 +122,6 @@ class MpiComm(SerialComm):
         arr = np.ascontiguousarray(arr)
         out = np.empty_like(arr) if self.rank == 0 else None
         self.comm.Reduce(arr, out, op=self._ops[op], root=0)
-        return out
-
-    def allreduce_array(self, arr: np.ndarray, op: str = "max") -> np.ndarray:
-        arr = np.ascontiguousarray(arr)
-        out = np.empty_like(arr)
-        self.comm.Allreduce(arr, out, op=self._ops[op])
         return out
 
     def gather_array(self, arr: np.ndarray) -> np.ndarray | None:

@@ -25,7 +25,6 @@ import numpy as np
 from mpi_kvbench.tiers.base import aligned_buffer
 
 BLOCK = 4096
-STAMP_WORDS = 3           # key, write sequence, byte offset (uint64 each)
 GEN_STREAM_BYTES = 1 << 40
 MASK64 = (1 << 64) - 1
 RING_BYTES = 64 << 20      # more than zstd's largest default window (8 MiB at level 19)
@@ -70,7 +69,6 @@ class PayloadSource:
         self._gen = self._new_generator()
         self.generated_bytes = 0
         self.generator_cpu_s = 0.0
-        self.stall_ns = 0          # time writers waited for a buffer: generation fell behind
         self.stalls = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -112,11 +110,8 @@ class PayloadSource:
         try:
             return self._ready.get_nowait()
         except queue.Empty:
-            t = time.perf_counter_ns()
-            buf = self._ready.get()
-            self.stall_ns += time.perf_counter_ns() - t
             self.stalls += 1
-            return buf
+            return self._ready.get()
 
     def give_back(self, buf: mmap.mmap) -> None:
         (self._ready if self.mode == "reuse" else self._empty).put(buf)

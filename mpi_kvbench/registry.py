@@ -8,7 +8,6 @@ and ``mpi_kvbench.workloads``; a name that collides with a built-in is refused.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import importlib
 from importlib.metadata import entry_points
@@ -92,7 +91,3 @@ WORKLOADS = Registry(
     required=("requests", "info"),
 )
 
-
-def empty_params() -> type:
-    """A ``Params`` for plug-ins that take none."""
-    return dataclasses.make_dataclass("Params", [], frozen=True)

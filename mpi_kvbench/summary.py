@@ -22,7 +22,6 @@ from mpi_kvbench.metrics import Histogram
 from mpi_kvbench.reduce import Collected
 
 PERCENTILES = {"p50": 50, "p95": 95, "p99": 99, "p999": 99.9, "p9999": 99.99}
-TIER_NAMES = ("hbm", "dram", "storage")
 
 
 def pcts_ms(h: Histogram | None) -> dict[str, float | None]:

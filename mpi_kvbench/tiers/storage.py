@@ -106,7 +106,6 @@ class StorageTier(Tier):
         shared = self.group_role is not None
         base = ctx.expand(self.params.path) if self.params.path else ctx.scratch_dir(shared)
         who = f"group{ctx.group}" if shared else f"rank{ctx.rank}"
-        self.dir = base
         self.path = os.path.join(base, f"kvbench-{ctx.run_id}-{who}{self.file_tag}.slab")
         self._owner = self.group_role != "reader"
         self.made_dirs: list[str] = []

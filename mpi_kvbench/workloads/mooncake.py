@@ -42,14 +42,10 @@ from mpi_kvbench.workloads.tracefile import (
 BLOCK_TOKENS = 512
 
 
-def block_id(hash_id: int) -> int:
-    """The content identity of a Mooncake block: the hash id itself (already an identity;
-    hashing it again cost a third of the parse)."""
-    return hash_id & MASK64
-
-
 def block_segments(input_length: int, hash_ids: Sequence[int]) -> tuple[tuple[int, int], ...]:
-    """One segment per 512-token block; the last one holds whatever tokens remain."""
+    """One segment per 512-token block; the last one holds whatever tokens remain. A
+    block's identity is its hash id itself: it already is one (hashing it again cost a
+    third of the parse)."""
     ids = hash_ids[: -(-input_length // BLOCK_TOKENS)]
     last = len(ids) - 1
     return tuple((h & MASK64, BLOCK_TOKENS if i < last else input_length - BLOCK_TOKENS * last)
