@@ -108,8 +108,15 @@ def build_parser() -> Parser:
 def overrides(args: argparse.Namespace) -> list[dict]:
     from mpi_kvbench.config import parse_set
 
-    out = [parse_set(f"{key}={json.dumps(getattr(args, flag))}")
-           for flag, key in RUN_FLAGS.items() if getattr(args, flag, None) is not None]
+    out = []
+    for flag, key in RUN_FLAGS.items():   # typed by argparse already: no text round trip
+        value = getattr(args, flag, None)
+        if value is not None:
+            *sections, leaf = key.split(".")
+            for section in reversed(sections):
+                value = {leaf: value}
+                leaf = section
+            out.append({leaf: value})
     return out + [parse_set(item) for item in args.set]
 
 
