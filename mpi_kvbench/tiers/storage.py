@@ -197,6 +197,8 @@ class StorageTier(Tier):
             if self._owner:
                 os.unlink(self.path)
                 remove_dirs(self.made_dirs)
+            if not self.params.path:   # the run's own scratch root: whoever closes last removes it
+                remove_dirs([os.path.dirname(os.path.dirname(self.path))])
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "path": self.path, "fs_type": self.fs, "o_direct": self.o_direct,
