@@ -43,7 +43,6 @@ def main() -> int:
     shutil.rmtree(out)
     st, cal, cpu = s["tiers"]["storage"], s["calibration"], s["cpu"]
     need = st["read_bytes"] / 1e9 / cal["read_gbps"] + st["write_bytes"] / 1e9 / cal["write_gbps"]
-    moved = (st["read_bytes"] + st["write_bytes"]) / 1e9
     print(f"calibrated: read {cal['read_gbps']:.3f} GB/s, write {cal['write_gbps']:.3f} GB/s"
           f" ({cal['block_bytes'] / 2**20:.0f} MiB blocks, depth {cal['io_depth']},"
           f" {cal['ranks']} ranks)")
@@ -51,7 +50,7 @@ def main() -> int:
           f" {s['storage_throughput_gbps']:.3f} GB/s over {s['duration_s']:.1f} s")
     print(f"device share (calibrated device time needed / window): {need / s['duration_s']:.2f}")
     print(f"CPU s/GB: I/O path {cpu['io_path_s_per_gb']}, whole process"
-          f" {cpu['process_s'] / moved:.3f}, payload generation {cpu['generation_s_per_gb']}"
+          f" {cpu['process_s_per_gb']}, payload generation {cpu['generation_s_per_gb']}"
           f" ({cpu['payload_stalls']} stalls, payload {s['payload_mode']})")
     return 0
 

@@ -23,14 +23,12 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
-from mpi_kvbench.metrics import EDGES, percentile
+from mpi_kvbench import SCHEMA_VERSION
+from mpi_kvbench.metrics import EDGES, PERCENTILES, percentile
 
 if TYPE_CHECKING:
     import pandas as pd
 
-SCHEMA_VERSION = 1
-#: The percentiles reported, as in summary.json (``mpi_kvbench.summary.PERCENTILES``).
-PERCENTILES = {"p50": 50, "p95": 95, "p99": 99, "p999": 99.9, "p9999": 99.99}
 #: Histogram families whose members summary.json pools: ``demotion.<tier>`` -> ``demotion``.
 _FAMILIES = ("demotion", "promotion")
 _OPS = ("read", "write")

@@ -151,7 +151,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from mpi_kvbench import config as cfgmod
     from mpi_kvbench.calibrate import calibrate
-    from mpi_kvbench.chunks import Geometry
     from mpi_kvbench.context import RankContext
     from mpi_kvbench.tiers.storage import StorageTier
 
@@ -159,7 +158,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     cfg = cfgmod.load(args.config, over + [cfgmod.parse_set(f"tiers.storage.path={args.cache_dir}")])
     if args.size_gb <= 0:
         raise ConfigError("--size-gb: give a positive size")
-    geo = Geometry(cfg.model, cfg.kv.chunk_tokens, cfg.kv.tensor_parallel, cfg.kv.layout)
+    geo = cfg.geometry
     params = StorageTier.Params(path=args.cache_dir)
     result = calibrate(params, RankContext(run_id=f"cal{os.getpid()}"), geo.object_bytes, cfg.io.io_depth,
                        int(args.size_gb * 1e9))

@@ -19,7 +19,9 @@ from typing import Any
 
 import yaml
 
+from mpi_kvbench.chunks import Geometry
 from mpi_kvbench.errors import ConfigError
+from mpi_kvbench.metrics import PERCENTILES
 from mpi_kvbench.models import MLA_MODES, ModelSpec, resolve
 
 TIER_LEVELS = ("hbm", "dram", "storage")
@@ -109,7 +111,6 @@ QOS_TARGETS_MS = {   # DESIGN.md section 9: P95 / P99 / P99.9 / P99.99 per class
     "responsive": {"p95": 100, "p99": 200, "p999": 350, "p9999": 500},
     "batch": {"p95": 1000, "p99": 5000, "p999": 7500, "p9999": 10000},
 }
-QOS_PERCENTILES = {"p50": 50.0, "p95": 95.0, "p99": 99.0, "p999": 99.9, "p9999": 99.99}
 
 
 @dataclass(frozen=True)
@@ -125,8 +126,8 @@ class QosSection:
             if not isinstance(targets, dict):
                 raise ConfigError(f"qos.targets_ms.{cls}: expected a mapping like {{p95: 50, p99: 100}}")
             for pct, ms in targets.items():
-                if pct not in QOS_PERCENTILES:
-                    _unknown(f"qos.targets_ms.{cls}.{pct}", pct, QOS_PERCENTILES)
+                if pct not in PERCENTILES:
+                    _unknown(f"qos.targets_ms.{cls}.{pct}", pct, PERCENTILES)
                 if isinstance(ms, bool) or not isinstance(ms, int | float) or ms <= 0:
                     raise ConfigError(f"qos.targets_ms.{cls}.{pct}={ms!r}: give a target in ms > 0")
 
@@ -153,6 +154,11 @@ class Config:
     workload: Any
     tiers: tuple[TierSpec, ...]
     raw: dict = field(repr=False)
+
+    @property
+    def geometry(self) -> Geometry:
+        """What one object is on one rank, from model, chunk size, TP and layout."""
+        return Geometry(self.model, self.kv.chunk_tokens, self.kv.tensor_parallel, self.kv.layout)
 
     @property
     def text(self) -> str:

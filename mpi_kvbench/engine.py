@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mpi_kvbench.cache import Hierarchy, Move, Plan, watermark_levels
-from mpi_kvbench.chunks import Geometry, chunk_keys
+from mpi_kvbench.chunks import chunk_keys
 from mpi_kvbench.config import Config
 from mpi_kvbench.iopool import MOVE, READ, WRITE, Done, IOPool, Op
 from mpi_kvbench.metrics import Metrics
@@ -52,6 +52,17 @@ class RequestLog:
                 np.frombuffer(self.qos, dtype=np.int8))
 
 
+def busy_ns(intervals: list[tuple[int, int]]) -> int:
+    """How long at least one of the intervals was open: the time a tier had I/O in flight."""
+    total, end = 0, None
+    for a, b in sorted(intervals):
+        if end is None or a > end:
+            total, end = total + (b - a), b
+        elif b > end:
+            total, end = total + (b - end), b
+    return total
+
+
 class Engine:
     """One rank's cache hierarchy, I/O pool and request loop; testable without MPI."""
 
@@ -62,8 +73,7 @@ class Engine:
         self.storage_writer = storage_writer
         self.tiers = list(tiers)
         self.names = [t.level for t in cfg.tiers]
-        self.geometry = Geometry(cfg.model, cfg.kv.chunk_tokens, cfg.kv.tensor_parallel,
-                                 cfg.kv.layout)
+        self.geometry = cfg.geometry
         obj = self.geometry.object_bytes
         policy = POLICIES.load(cfg.engine.policy)
         levels = watermark_levels(self.names, [t.slots for t in self.tiers],
@@ -321,19 +331,19 @@ class Engine:
 
     def _record(self, ops: list[Op], results: list[Done], phase: str) -> None:
         m, names = self.metrics, self.io_names
-        span: dict[str, list[int]] = {}
+        span: dict[str, list[tuple[int, int]]] = {}
         for op, d in zip(ops, results, strict=True):
             t = (d.end - self.phase_start_ns) / 1e9
             if op.kind in (READ, MOVE):
                 self._record_io(names[op.src], "read", phase, d.read_ns, d.read_bytes, t)
-                span.setdefault(names[op.src], []).extend((d.start, d.start + d.read_ns))
+                span.setdefault(names[op.src], []).append((d.start, d.start + d.read_ns))
                 if not d.ok:
                     m.add("verify_mismatches")
                 if self.cfg.io.verify and op.crc >= 0:
                     m.add("verify_checked")
             if op.kind in (WRITE, MOVE):
                 self._record_io(names[op.dst], "write", phase, d.write_ns, d.write_bytes, t)
-                span.setdefault(names[op.dst], []).extend((d.end - d.write_ns, d.end))
+                span.setdefault(names[op.dst], []).append((d.end - d.write_ns, d.end))
             if op.kind == MOVE:
                 kind = "demotion" if op.dst > op.src else "promotion"
                 m.record(f"{kind}.{names[op.src]}", d.end - d.start)
@@ -343,8 +353,8 @@ class Engine:
                 entry = self.cache.index.get(op.key)
                 if entry is not None:
                     entry.checksum = d.crc
-        for name, times in span.items():   # busy time: the span of this stage's ops per tier
-            m.add(f"{name}.busy_ns", max(times) - min(times))
+        for name, intervals in span.items():
+            m.add(f"{name}.busy_ns", busy_ns(intervals))
 
     def _record_io(self, tier: str, op: str, phase: str, ns: int, nbytes: int, t: float) -> None:
         m = self.metrics

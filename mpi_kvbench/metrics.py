@@ -55,6 +55,8 @@ def bucket_edges() -> np.ndarray:
 
 
 EDGES = bucket_edges()
+#: The percentiles every report names: key -> q (0-100).
+PERCENTILES = {"p50": 50.0, "p95": 95.0, "p99": 99.0, "p999": 99.9, "p9999": 99.99}
 MIDPOINTS = (EDGES[:-1] + EDGES[1:]) / 2.0
 
 
@@ -133,7 +135,7 @@ class Metrics:
         arr[s] += value
 
     def peak(self, name: str, second: float, value: float) -> None:
-        """Keeps the maximum of ``value`` in its 1-second bin (for queue depth)."""
-        self.tick(name, second, 0.0)
-        arr = self.series[name]
-        arr[int(max(0, second))] = max(arr[int(max(0, second))], value)
+        """Keeps the largest ``value`` seen in its 1-second bin (e.g. the longest wait)."""
+        self.tick(name, second, 0.0)   # makes sure the bin exists
+        s = max(0, int(second))
+        self.series[name][s] = max(self.series[name][s], value)

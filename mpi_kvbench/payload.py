@@ -12,6 +12,7 @@ and checks the stamp of every block, so misplaced and corrupted data are both ca
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 import queue
@@ -35,11 +36,19 @@ def block_view(buf: mmap.mmap | memoryview) -> np.ndarray:
     return np.frombuffer(buf, dtype=np.uint64).reshape(-1, BLOCK // 8)
 
 
+@functools.lru_cache(maxsize=8)
+def _offsets(blocks: int) -> np.ndarray:
+    """Byte offsets of the blocks of an object: made once per size, not once per write."""
+    out = np.arange(blocks, dtype=np.uint64) * BLOCK
+    out.flags.writeable = False
+    return out
+
+
 def stamp(buf: mmap.mmap, key: int, seq: int) -> None:
     words = block_view(buf)
     words[:, 0] = key & MASK64
     words[:, 1] = seq
-    words[:, 2] = np.arange(words.shape[0], dtype=np.uint64) * BLOCK
+    words[:, 2] = _offsets(words.shape[0])
 
 
 def checksum(buf: mmap.mmap | memoryview) -> int:
@@ -49,8 +58,8 @@ def checksum(buf: mmap.mmap | memoryview) -> int:
 def check(buf: mmap.mmap | memoryview, key: int, expected_crc: int) -> bool:
     """True when every block carries ``key`` and its own offset and the CRC matches."""
     words = block_view(buf)
-    offsets = np.arange(words.shape[0], dtype=np.uint64) * BLOCK
-    good = bool(np.all(words[:, 0] == np.uint64(key & MASK64)) and np.all(words[:, 2] == offsets))
+    good = bool(np.all(words[:, 0] == np.uint64(key & MASK64))
+                and np.all(words[:, 2] == _offsets(words.shape[0])))
     return good and zlib.crc32(buf) == expected_crc
 
 

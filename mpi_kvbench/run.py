@@ -22,7 +22,6 @@ from typing import Any
 
 from mpi_kvbench import SCHEMA_VERSION, __version__, disagg
 from mpi_kvbench.calibrate import calibrate
-from mpi_kvbench.chunks import Geometry
 from mpi_kvbench.comm import SerialComm, topology, world
 from mpi_kvbench.config import Config
 from mpi_kvbench.context import RankContext
@@ -172,7 +171,7 @@ def _set_up(run: Run) -> None:
     exc = None
     one_writer = cfg.model.kind == "mla" and cfg.kv.mla_mode == "one_writer" and ctx.tp_size > 1
     try:
-        geometry = Geometry(cfg.model, cfg.kv.chunk_tokens, cfg.kv.tensor_parallel, cfg.kv.layout)
+        geometry = cfg.geometry
         storage = [t for t in cfg.tiers if t.kind == "storage"]
         if cfg.run.calibrate and storage:
             comm.barrier()   # every rank calibrates at once, as they will run

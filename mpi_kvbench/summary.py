@@ -18,10 +18,8 @@ from typing import Any
 import numpy as np
 
 from mpi_kvbench import SCHEMA_VERSION, __version__
-from mpi_kvbench.metrics import Histogram
+from mpi_kvbench.metrics import PERCENTILES, Histogram
 from mpi_kvbench.reduce import Collected
-
-PERCENTILES = {"p50": 50, "p95": 95, "p99": 99, "p999": 99.9, "p9999": 99.99}
 
 
 def pcts_ms(h: Histogram | None) -> dict[str, float | None]:
@@ -148,6 +146,7 @@ def summarize(data: Collected, run: dict[str, Any]) -> dict[str, Any]:
             "generated_bytes": data.counter("payload.generated_bytes"),
             "io_path_s_per_gb": round((cpu_s - gen_s) / (total_bytes / 1e9), 4)
             if total_bytes else None,
+            "process_s_per_gb": round(cpu_s / (total_bytes / 1e9), 4) if total_bytes else None,
             "generation_s_per_gb": round(gen_s / (data.counter("payload.generated_bytes") / 1e9), 4)
             if data.counter("payload.generated_bytes") else None,
             "payload_stalls": data.counter("payload.stalls"),

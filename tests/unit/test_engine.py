@@ -276,3 +276,12 @@ def test_same_seed_same_operations(tmp_path: Path, rig) -> None:
     assert c1["storage.drops"] > 0 or c1["demotions"] > 0
     ops3, _ = replay(tmp_path, rig, seed=6)
     assert ops3 != ops1                            # the recording does see the trace
+
+
+def test_busy_time_is_the_union_of_the_intervals() -> None:
+    from mpi_kvbench.engine import busy_ns
+
+    # two overlapping reads, a gap, one more: busy 0-15 and 20-30, not the 0-30 span
+    assert busy_ns([(0, 10), (5, 15), (20, 30)]) == 25
+    assert busy_ns([(20, 30), (0, 40)]) == 40          # one inside another, any order
+    assert busy_ns([(0, 5)]) == 5
