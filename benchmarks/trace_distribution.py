@@ -16,8 +16,8 @@ import sys
 import tempfile
 import time
 
-from mpi_kvbench.comm import topology, world
 from mpi_kvbench.distribute import replica_requests
+from mpi_kvbench.mpi.comm import topology, world
 from mpi_kvbench.registry import WORKLOADS
 
 

@@ -7,21 +7,22 @@ much of the device the benchmark itself leaves on the table.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
 from mpi_kvbench.context import RankContext
-from mpi_kvbench.iopool import READ, WRITE, IOPool, Op
-from mpi_kvbench.payload import PayloadSource
+from mpi_kvbench.engine.iopool import READ, WRITE, IOPool, Op
+from mpi_kvbench.engine.payload import PayloadSource
 from mpi_kvbench.tiers.storage import StorageTier
 
 
 def calibrate(params: StorageTier.Params, ctx: RankContext, object_bytes: int, io_depth: int,
               size_bytes: int) -> dict[str, Any]:
-    """Writes then reads ``size_bytes`` through a fresh slab file; removes it after."""
-    tier = StorageTier(params, size_bytes, object_bytes)
-    tier.file_tag = "-calibrate"
-    tier.open(ctx)
+    """Writes then reads ``size_bytes`` through a fresh slab file; removes it after. Its
+    own run id keeps the file (and a scratch directory) apart from the run's."""
+    tier = StorageTier(params, size_bytes, object_bytes, level="storage")
+    tier.open(dataclasses.replace(ctx, run_id=f"{ctx.run_id}-calibrate"))
     payload = PayloadSource(object_bytes, io_depth, "reuse")
     pool = IOPool([tier], object_bytes, io_depth, payload, verify=False)
     try:

@@ -1,17 +1,18 @@
 """Typed, validated configuration: defaults <- YAML file <- command-line overrides.
 
-Every mistake becomes a ConfigError whose one line names the field and the fix; nothing
-is created or written before the whole configuration has been validated.
+The defaults of the core sections live in one place, the packaged ``default.yaml``: the
+section dataclasses below have no defaults of their own, so a key missing there is an
+error, not a silent second value. Plug-ins (tiers, policies, workloads) keep their
+defaults in their own ``Params``. Every mistake becomes a ConfigError whose one line
+names the field and the fix; nothing is created or written before the whole
+configuration has been validated.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import string
-import types
-import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,10 +20,12 @@ from typing import Any
 
 import yaml
 
-from mpi_kvbench.chunks import Geometry
 from mpi_kvbench.errors import ConfigError
+from mpi_kvbench.layout import Geometry
 from mpi_kvbench.metrics import PERCENTILES
 from mpi_kvbench.models import MLA_MODES, ModelSpec, resolve
+from mpi_kvbench.params import build_dataclass, choice, non_negative, positive, unknown
+from mpi_kvbench.registry import POLICIES, TIERS, WORKLOADS
 
 TIER_LEVELS = ("hbm", "dram", "storage")
 PATH_FIELDS = {"{rank}", "{local_rank}", "{node}", "{host}", "{group}", "{run_id}"}
@@ -32,20 +35,20 @@ UNSAFE_ROOTS = ("/etc", "/usr", "/bin", "/sbin", "/boot", "/proc", "/sys", "/dev
 
 @dataclass(frozen=True)
 class RunSection:
-    seed: int = 42
-    duration_s: float = 30.0
-    max_requests: int = 0
-    warmup_s: float = 0.0
-    stonewall: bool = False
-    results_dir: str = "results"
-    run_name: str = ""
-    calibrate: bool = False
-    calibrate_gb: float = 1.0
-    precondition: float = 0.0
+    seed: int
+    duration_s: float
+    max_requests: int
+    warmup_s: float
+    stonewall: bool
+    results_dir: str
+    run_name: str
+    calibrate: bool
+    calibrate_gb: float
+    precondition: float
 
     def check(self) -> None:
-        _non_negative(self, "run", ("duration_s", "max_requests", "warmup_s"))
-        _positive(self, "run", ("calibrate_gb",))
+        non_negative(self, "run", ("duration_s", "max_requests", "warmup_s"))
+        positive(self, "run", ("calibrate_gb",))
         if not 0 <= self.precondition <= 1:
             raise ConfigError(f"run.precondition={self.precondition}: give a share of the storage"
                               " capacity between 0 and 1")
@@ -55,40 +58,41 @@ class RunSection:
 
 @dataclass(frozen=True)
 class ModelSection:
-    name: str = "llama3.1-8b"
+    name: str
 
 
 @dataclass(frozen=True)
 class KVSection:
-    chunk_tokens: int = 256
-    tensor_parallel: int = 1
-    mla_mode: str = "replica_per_rank"
-    layout: str = "chunk"
+    chunk_tokens: int
+    tensor_parallel: int
+    mla_mode: str
+    layout: str
 
     def check(self) -> None:
-        _positive(self, "kv", ("chunk_tokens", "tensor_parallel"))
-        _choice(self, "kv", "mla_mode", MLA_MODES)
-        _choice(self, "kv", "layout", ("chunk", "layer"))
+        positive(self, "kv", ("chunk_tokens", "tensor_parallel"))
+        choice(self, "kv", "mla_mode", MLA_MODES)
+        choice(self, "kv", "layout", ("chunk", "layer"))
 
 
 @dataclass(frozen=True)
 class EngineSection:
-    decode_mode: str = "end"
-    decode_batch: int = 32
-    prefill_tokens_per_s: float = 0.0
-    time_per_output_token_ms: float = 0.0
-    promotion: str = "none"
-    policy: str = "lru"
-    high_watermark: float = 0.95
-    low_watermark: float = 0.85
-    prefill_groups: int = 0
+    decode_mode: str
+    decode_batch: int
+    prefill_tokens_per_s: float
+    time_per_output_token_ms: float
+    promotion: str
+    policy: str
+    policy_params: dict
+    high_watermark: float
+    low_watermark: float
+    prefill_groups: int
 
     def check(self) -> None:
-        _choice(self, "engine", "decode_mode", ("end", "reference"))
-        _non_negative(self, "engine", ("prefill_groups",))
-        _choice(self, "engine", "promotion", ("none", "hbm"))
-        _positive(self, "engine", ("decode_batch",))
-        _non_negative(self, "engine", ("prefill_tokens_per_s", "time_per_output_token_ms"))
+        choice(self, "engine", "decode_mode", ("end", "reference"))
+        non_negative(self, "engine", ("prefill_groups",))
+        choice(self, "engine", "promotion", ("none", "hbm"))
+        positive(self, "engine", ("decode_batch",))
+        non_negative(self, "engine", ("prefill_tokens_per_s", "time_per_output_token_ms"))
         if not 0 < self.low_watermark <= self.high_watermark <= 1:
             raise ConfigError(
                 "engine.low_watermark/high_watermark: need 0 < low <= high <= 1"
@@ -97,37 +101,30 @@ class EngineSection:
 
 @dataclass(frozen=True)
 class IOSection:
-    io_depth: int = 8
-    payload: str = "fresh"
-    verify: bool = False
+    io_depth: int
+    payload: str
+    verify: bool
 
     def check(self) -> None:
-        _positive(self, "io", ("io_depth",))
-        _choice(self, "io", "payload", ("fresh", "reuse"))
-
-
-QOS_TARGETS_MS = {   # DESIGN.md section 9: P95 / P99 / P99.9 / P99.99 per class
-    "interactive": {"p95": 50, "p99": 100, "p999": 150, "p9999": 200},
-    "responsive": {"p95": 100, "p99": 200, "p999": 350, "p9999": 500},
-    "batch": {"p95": 1000, "p99": 5000, "p999": 7500, "p9999": 10000},
-}
+        positive(self, "io", ("io_depth",))
+        choice(self, "io", "payload", ("fresh", "reuse"))
 
 
 @dataclass(frozen=True)
 class QosSection:
     """SLO targets per QoS class, checked against the TP-group latency of ``metric``."""
 
-    metric: str = "e2e"
-    targets_ms: dict = field(default_factory=lambda: {k: dict(v) for k, v in QOS_TARGETS_MS.items()})
+    metric: str
+    targets_ms: dict
 
     def check(self) -> None:
-        _choice(self, "qos", "metric", ("e2e", "prefill_storage"))
+        choice(self, "qos", "metric", ("e2e", "prefill_storage"))
         for cls, targets in self.targets_ms.items():
             if not isinstance(targets, dict):
                 raise ConfigError(f"qos.targets_ms.{cls}: expected a mapping like {{p95: 50, p99: 100}}")
             for pct, ms in targets.items():
                 if pct not in PERCENTILES:
-                    _unknown(f"qos.targets_ms.{cls}.{pct}", pct, PERCENTILES)
+                    raise unknown(f"qos.targets_ms.{cls}.{pct}", pct, PERCENTILES)
                 if isinstance(ms, bool) or not isinstance(ms, int | float) or ms <= 0:
                     raise ConfigError(f"qos.targets_ms.{cls}.{pct}={ms!r}: give a target in ms > 0")
 
@@ -153,6 +150,7 @@ class Config:
     workload_kind: str
     workload: Any
     tiers: tuple[TierSpec, ...]
+    policy_params: Any               # the eviction policy's own Params
     raw: dict = field(repr=False)
 
     @property
@@ -162,8 +160,16 @@ class Config:
 
     @property
     def text(self) -> str:
-        """The resolved configuration as YAML, stored in the result."""
-        return yaml.safe_dump(self.raw, sort_keys=False)
+        """The resolved configuration as YAML, stored in the result: every setting in
+        force, plug-in defaults included."""
+        resolved = dict(self.raw)
+        resolved["workload"] = {"kind": self.workload_kind, **dataclasses.asdict(self.workload)}
+        resolved["engine"] = {**self.raw["engine"],
+                              "policy_params": dataclasses.asdict(self.policy_params)}
+        resolved["tiers"] = {**self.raw["tiers"], **{
+            t.level: {"kind": t.kind, "capacity_gb": t.capacity_bytes / 1e9,
+                      **dataclasses.asdict(t.params)} for t in self.tiers}}
+        return yaml.safe_dump(resolved, sort_keys=False)
 
 
 SECTIONS = {"run": RunSection, "model": ModelSection, "kv": KVSection,
@@ -196,9 +202,10 @@ def merge(base: dict, over: dict, where: str = "") -> dict:
     out = dict(base)
     for key, value in over.items():
         name = f"{where}{key}"
-        free = where.startswith(("models.", "tiers.", "workload.", "qos.targets_ms."))
+        free = where.startswith(("models.", "tiers.", "workload.", "qos.targets_ms.",
+                                 "engine.policy_params."))
         if key not in base and not free:
-            _unknown(name, key, base)
+            raise unknown(name, key, base)
         old = base.get(key)
         if isinstance(value, dict) and isinstance(old, dict):
             if value.get("kind") not in (None, old.get("kind")):
@@ -211,8 +218,6 @@ def merge(base: dict, over: dict, where: str = "") -> dict:
 
 def _accepted_by(kind: str, old: dict, where: str) -> dict:
     """On a change of plug-in kind, keeps the old settings the new kind also takes."""
-    from mpi_kvbench.registry import TIERS, WORKLOADS
-
     registry = TIERS if where == "tiers." else WORKLOADS if where == "" else None
     try:
         fields = {f.name for f in dataclasses.fields(registry.load(kind).Params)}
@@ -251,11 +256,9 @@ def load(path: str | None = None, overrides: list[dict] | None = None) -> Config
 
 
 def validate(raw: dict) -> Config:
-    from mpi_kvbench.registry import TIERS, WORKLOADS
-
     for key in raw:
         if key not in TOP_KEYS:
-            _unknown(key, key, TOP_KEYS)
+            raise unknown(key, key, TOP_KEYS)
     sections = {name: build_dataclass(cls, raw.get(name) or {}, name)
                 for name, cls in SECTIONS.items()}
     for sec in sections.values():
@@ -275,7 +278,7 @@ def validate(raw: dict) -> Config:
     tiers = []
     for level, sec in tiers_raw.items():
         if level not in TIER_LEVELS:
-            _unknown(f"tiers.{level}", level, TIER_LEVELS)
+            raise unknown(f"tiers.{level}", level, TIER_LEVELS)
         sec = dict(sec or {})
         kind = _kind(sec.pop("kind", level), f"tiers.{level}.kind")
         cap = sec.pop("capacity_gb", 0)
@@ -296,30 +299,12 @@ def validate(raw: dict) -> Config:
     for t in tiers:
         if getattr(t.params, "path", ""):
             check_path(t.params.path, f"tiers.{t.level}.path")
-    return Config(run=run, model=model, kv=kv, engine=sections["engine"], io=sections["io"],
-                  qos=sections["qos"],
-                  workload_kind=wl_kind, workload=workload, tiers=tuple(tiers), raw=raw)
-
-
-def build_dataclass(cls: type, section: Any, where: str) -> Any:
-    """Builds a frozen dataclass from a mapping, checking names and types field by field."""
-    if not isinstance(section, dict):
-        raise ConfigError(f"{where}: expected a mapping of settings, got {section!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    values = {}
-    defaults = {f.name: f.default_factory() for f in dataclasses.fields(cls)
-                if f.default_factory is not dataclasses.MISSING}
-    for key, value in section.items():
-        if key not in names:
-            _unknown(f"{where}.{key}", key, names)
-        if isinstance(value, dict) and isinstance(defaults.get(key), dict):
-            value = {**defaults[key], **value}   # one key of a default mapping, as elsewhere
-        values[key] = _coerce(value, hints[key], f"{where}.{key}")
-    obj = cls(**values)
-    if hasattr(obj, "check"):
-        obj.check()
-    return obj
+    engine = sections["engine"]
+    policy = POLICIES.params(_kind(engine.policy, "engine.policy"), engine.policy_params,
+                             "engine.policy_params")
+    return Config(run=run, model=model, kv=kv, engine=engine, io=sections["io"],
+                  qos=sections["qos"], workload_kind=wl_kind, workload=workload,
+                  tiers=tuple(tiers), policy_params=policy, raw=raw)
 
 
 def check_path(template: str, name: str) -> None:
@@ -350,51 +335,7 @@ def check_path(template: str, name: str) -> None:
                           " choose one you can write")
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    if value is None and type(None) in kinds:
-        return None
-    if isinstance(value, bool) and bool not in kinds:
-        raise ConfigError(f"{where}={value!r}: expected {_hint_name(hint)}, not a boolean")
-    for kind in kinds:
-        if kind is float and isinstance(value, int | float):
-            return float(value)
-        if kind in (int, str, bool) and isinstance(value, kind):
-            return value
-        if kind is dict and isinstance(value, dict):
-            return value
-    raise ConfigError(f"{where}={value!r}: expected {_hint_name(hint)}")
-
-
-def _hint_name(hint: Any) -> str:
-    kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    return " or ".join(getattr(k, "__name__", str(k)) for k in kinds)
-
-
 def _kind(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{where}={value!r}: expected a plug-in name")
     return value
-
-
-def _unknown(name: str, key: str, valid: Any) -> None:
-    close = difflib.get_close_matches(str(key), [str(v) for v in valid], n=1)
-    hint = f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(map(str, valid))}"
-    raise ConfigError(f"{name}: unknown setting; {hint}")
-
-
-def _positive(obj: Any, section: str, names: tuple[str, ...]) -> None:
-    for n in names:
-        if getattr(obj, n) <= 0:
-            raise ConfigError(f"{section}.{n}={getattr(obj, n)!r}: must be greater than 0")
-
-
-def _non_negative(obj: Any, section: str, names: tuple[str, ...]) -> None:
-    for n in names:
-        if getattr(obj, n) < 0:
-            raise ConfigError(f"{section}.{n}={getattr(obj, n)!r}: must not be negative")
-
-
-def _choice(obj: Any, section: str, name: str, valid: tuple[str, ...]) -> None:
-    if getattr(obj, name) not in valid:
-        raise ConfigError(f"{section}.{name}={getattr(obj, name)!r}: use one of {', '.join(valid)}")

@@ -14,15 +14,15 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from mpi_kvbench.comm import TAG_TRACE, SerialComm
 from mpi_kvbench.context import RankContext
+from mpi_kvbench.mpi.comm import TAG_TRACE, Comm
 from mpi_kvbench.workloads.base import Request, Workload
 
 BATCH = 2000
 END = "end"          # after the last batch
 
 
-def replica_requests(workload: Workload, ctx: RankContext, comm: SerialComm,
+def replica_requests(workload: Workload, ctx: RankContext, comm: Comm,
                      serving: int | None = None) -> Iterator[Request]:
     """This rank's requests, in trace order. Only the first ``serving`` groups (default
     all) take requests from the trace: with disaggregated serving, the prefill groups."""
@@ -45,7 +45,7 @@ def replica_requests(workload: Workload, ctx: RankContext, comm: SerialComm,
     return iter(mine)
 
 
-def _next_batch(comm: SerialComm) -> list[Request] | None:
+def _next_batch(comm: Comm) -> list[Request] | None:
     """Rank 0's next batch, None after the last, waiting without spinning a core (MPI's
     blocking receive busy-polls, which starves rank 0 where ranks outnumber cores)."""
     while (batch := comm.poll(TAG_TRACE)) is None:
@@ -53,7 +53,7 @@ def _next_batch(comm: SerialComm) -> list[Request] | None:
     return None if batch == END else batch
 
 
-def _scatter(workload: Workload, ctx: RankContext, comm: SerialComm,
+def _scatter(workload: Workload, ctx: RankContext, comm: Comm,
              serving: int) -> list[Request]:
     tp = ctx.tp_size
     pending: list[list[Request]] = [[] for _ in range(ctx.replicas)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mpi_kvbench.errors import ConfigError
+from mpi_kvbench.params import did_you_mean
 
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1}
 MLA_MODES = ("replica_per_rank", "one_writer")
@@ -120,9 +121,6 @@ def resolve(name: str, user_models: dict | None = None) -> ModelSpec:
     for key, section in (user_models or {}).items():
         models[key] = user_model(key, section)
     if name not in models:
-        import difflib
-
-        close = difflib.get_close_matches(name, models, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"model.name={name!r} is unknown; {hint}see `python -m mpi_kvbench models`")
+        raise ConfigError(f"model.name={name!r} is unknown; {did_you_mean(name, models)}"
+                          " (see `python -m mpi_kvbench models`)")
     return models[name]

@@ -8,12 +8,12 @@ and ``mpi_kvbench.workloads``; a name that collides with a built-in is refused.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from importlib.metadata import entry_points
 from typing import Any
 
 from mpi_kvbench.errors import ConfigError
+from mpi_kvbench.params import build_dataclass, did_you_mean
 
 
 class Registry:
@@ -34,10 +34,7 @@ class Registry:
     def load(self, name: str) -> type:
         """Imports a plug-in class and checks that it has every required operation."""
         if name not in self._targets:
-            close = difflib.get_close_matches(name, self._targets, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(
-                f"unknown {self.kind} {name!r}{hint}; valid: {', '.join(self.names())}")
+            raise ConfigError(f"unknown {self.kind} {name!r}; {did_you_mean(name, self.names())}")
         module_name, _, attr = self._targets[name].partition(":")
         try:
             cls = getattr(importlib.import_module(module_name), attr)
@@ -56,8 +53,6 @@ class Registry:
 
     def params(self, name: str, section: dict[str, Any], where: str) -> Any:
         """Builds the plug-in's ``Params`` dataclass from its config section (minus ``kind``)."""
-        from mpi_kvbench.config import build_dataclass
-
         cls = self.load(name)
         return build_dataclass(cls.Params, section, where)
 

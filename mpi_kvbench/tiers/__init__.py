@@ -1,1 +1,53 @@
-"""Tier plug-ins: each stores fixed-size objects in numbered slots; see tiers/base.py."""
+"""Tier plug-ins (one module each, registered by name in registry.py) and how a rank
+opens its stack of them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from mpi_kvbench.context import RankContext
+from mpi_kvbench.errors import ConfigError
+from mpi_kvbench.registry import TIERS
+from mpi_kvbench.tiers.base import Tier
+
+
+def open_tiers(specs: Sequence[Any], ctx: RankContext, object_bytes: int, *, one_writer: bool,
+               group_bcast: Callable[[Any], Any]) -> list[Tier]:
+    """Builds and opens every configured tier (``config.TierSpec``s), fastest first.
+
+    With ``one_writer`` a shareable tier is one copy per TP group: the group's first rank
+    creates it, then tells the others (``group_bcast``, the group's broadcast from its
+    first rank) whether they can open it. On a failure the tiers opened so far are closed.
+    """
+    tiers: list[Tier] = []
+    try:
+        for spec in specs:
+            cls = TIERS.load(spec.kind)
+            shared = one_writer and cls.shareable
+            share = ("writer" if ctx.tp_rank == 0 else "reader") if shared else "private"
+            tier = cls(spec.params, spec.capacity_bytes, object_bytes, level=spec.level, share=share)
+            if shared:
+                _open_in_turn(tier, ctx, group_bcast)
+            else:
+                tier.open(ctx)
+            tiers.append(tier)
+    except BaseException:
+        for tier in tiers:
+            tier.close()
+        raise
+    return tiers
+
+
+def _open_in_turn(tier: Tier, ctx: RankContext, group_bcast: Callable[[Any], Any]) -> None:
+    if tier.share == "writer":
+        try:
+            tier.open(ctx)
+        except BaseException:
+            group_bcast(False)
+            raise
+        group_bcast(True)
+    elif group_bcast(None):
+        tier.open(ctx)
+    else:
+        raise ConfigError(f"tiers.{tier.level}: the TP group's writer could not create the shared file")

@@ -6,62 +6,60 @@ The tier never decides what to keep: the cache hierarchy owns the index, capacit
 accounting, slot allocation and eviction, and the I/O pool owns timing. A tier moves
 bytes and releases the GIL while it does (system calls, numpy or torch copies), so
 ``io_depth`` threads really overlap.
+
+What the core needs to know about a plug-in is a read-only class flag or a method here,
+never a type check: ``needs_payload`` (False: writes need no fresh bytes), ``shareable``
+(the ranks of a TP group can share one copy: a writer and readers), ``location`` and
+``open_peer`` (another rank reads this tier's objects: disaggregated serving), and
+``cleanup`` (what is left once every rank has closed).
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-import mmap
 from typing import Any, ClassVar
 
-import numpy as np
-
 from mpi_kvbench.context import RankContext
+from mpi_kvbench.errors import ConfigError
 
-ALIGN = 4096
-
-
-def aligned_buffer(nbytes: int) -> mmap.mmap:
-    """Page-aligned memory (as O_DIRECT needs), faulted in now rather than mid-run.
-
-    Transparent huge pages where the kernel allows: O_DIRECT pins every page of a buffer
-    for each I/O, and 2 MiB pages cut that kernel CPU cost about six-fold here (and hand
-    the device larger segments)."""
-    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if hasattr(mmap, "MADV_HUGEPAGE"):
-        try:
-            buf.madvise(mmap.MADV_HUGEPAGE)
-        except OSError:
-            pass
-    np.frombuffer(buf, dtype=np.uint8)[:: mmap.PAGESIZE] = 0
-    return buf
-
-
-def round_up(n: int, align: int = ALIGN) -> int:
-    return -(-n // align) * align
+SHARES = ("private", "writer", "reader")
 
 
 class Tier(abc.ABC):
-    """Base of every tier plug-in."""
+    """Base of every tier plug-in.
+
+    ``level`` is where the tier sits (hbm, dram, storage). ``share`` is "private" (this
+    rank's own objects) or, for a ``shareable`` tier, "writer" or "reader": one copy per
+    TP group that the writer creates and writes and every rank of the group reads.
+    """
 
     name: ClassVar[str]
     needs_payload: ClassVar[bool] = True   # False for tiers that never look at the bytes
-    level: str = ""                        # hbm, dram or storage: set by the run that opens it
+    shareable: ClassVar[bool] = False      # True: honours share="writer"/"reader"
 
     @dataclasses.dataclass(frozen=True)
     class Params:
         pass
 
-    def __init__(self, params: Any, capacity_bytes: int, object_bytes: int) -> None:
+    def __init__(self, params: Any, capacity_bytes: int, object_bytes: int, *, level: str,
+                 share: str = "private") -> None:
+        if share not in SHARES or (share != "private" and not self.shareable):
+            raise ValueError(f"{type(self).__name__} cannot be opened with share={share!r}")
         self.params = params
         self.object_bytes = object_bytes
         self.capacity_bytes = capacity_bytes
+        self.level = level
+        self.share = share
 
     @property
     def slots(self) -> int:
         """How many objects fit; a tier may lower ``capacity_bytes`` in ``open``."""
         return self.capacity_bytes // self.object_bytes
+
+    def limit_capacity(self, capacity_bytes: int) -> None:
+        """Uses no more than ``capacity_bytes`` (a TP group plans with its smallest tier)."""
+        self.capacity_bytes = min(self.capacity_bytes, capacity_bytes)
 
     @abc.abstractmethod
     def open(self, ctx: RankContext) -> None:
@@ -82,4 +80,18 @@ class Tier(abc.ABC):
 
     def info(self) -> dict[str, Any]:
         """Facts for the result file: what backs the tier and how."""
-        return {"kind": self.name, "capacity_bytes": self.capacity_bytes, "slots": self.slots}
+        return {"kind": self.name, "capacity_bytes": self.capacity_bytes, "slots": self.slots,
+                "level": self.level}
+
+    def location(self) -> str | None:
+        """Where another rank finds this tier's objects (see ``open_peer``); None: nowhere."""
+        return None
+
+    def open_peer(self, location: str) -> Tier:
+        """A read-only view of another rank's tier of this kind at ``location``."""
+        raise ConfigError(f"tiers.{self.level}: a {self.name} tier cannot be read by another rank;"
+                          " use a file-backed storage tier")
+
+    def cleanup(self) -> None:  # noqa: B027 - optional: most tiers leave nothing shared
+        """Called on every rank once every rank has closed its tiers: removes what ranks
+        made for each other (a shared directory)."""

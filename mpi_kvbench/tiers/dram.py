@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from mpi_kvbench.context import RankContext
-from mpi_kvbench.tiers.base import Tier, aligned_buffer
+from mpi_kvbench.layout import aligned_buffer
+from mpi_kvbench.tiers.base import Tier
 
 
 class HostSlots:

@@ -14,8 +14,9 @@ ranks of a node on a local file system, every rank on a shared one), so a run ne
 fills the device.
 
 MLA ``one_writer`` mode: the TP group shares one file per group. The group's first rank
-(``group_role = "writer"``) creates it and is the only one to write; the others
-(``"reader"``) open the same file and read from it, and never delete it.
+(``share="writer"``) creates it and is the only one to write; the others (``"reader"``)
+open the same file and read from it, and never delete it. Disaggregated serving reads
+another rank's file through ``open_peer``: read-only, never deleted.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from typing import Any
 
 from mpi_kvbench.context import RankContext
 from mpi_kvbench.errors import ConfigError
-from mpi_kvbench.tiers.base import ALIGN, Tier
+from mpi_kvbench.layout import ALIGN
+from mpi_kvbench.tiers.base import Tier
 
 SHARED_FS = frozenset({"nfs", "nfs4", "lustre", "gpfs", "beegfs", "ceph", "cephfs", "fuse.cephfs",
                        "glusterfs", "fuse.glusterfs", "wekafs", "pvfs2", "orangefs", "9p",
@@ -88,8 +90,7 @@ class StorageTier(Tier):
     """A slab file per rank on a local or shared file system, with O_DIRECT."""
 
     name = "storage"
-    file_tag = ""          # calibration sets its own, so its file never meets the run's
-    group_role: str | None = None   # None: a file of this rank's; "writer"/"reader": shared
+    shareable = True
 
     @dataclasses.dataclass(frozen=True)
     class Params:
@@ -103,11 +104,11 @@ class StorageTier(Tier):
                     f"tiers.storage.max_free_share={self.max_free_share}: use a share in (0, 1]")
 
     def open(self, ctx: RankContext) -> None:
-        shared = self.group_role is not None
+        shared = self.share != "private"
         base = ctx.expand(self.params.path) if self.params.path else ctx.scratch_dir(shared)
         who = f"group{ctx.group}" if shared else f"rank{ctx.rank}"
-        self.path = os.path.join(base, f"kvbench-{ctx.run_id}-{who}{self.file_tag}.slab")
-        self._owner = self.group_role != "reader"
+        self.path = os.path.join(base, f"kvbench-{ctx.run_id}-{who}.slab")
+        self._owner = self.share != "reader"
         self.made_dirs: list[str] = []
         if not self._owner:
             self._open_shared()
@@ -181,14 +182,7 @@ class StorageTier(Tier):
         return done
 
     def read(self, slot: int, out: memoryview) -> int:
-        offset = slot * self.object_bytes
-        done = os.preadv(self.fd, [out], offset)
-        while 0 < done < len(out):
-            got = os.preadv(self.fd, [out[done:]], offset + done)
-            if got == 0:
-                break
-            done += got
-        return done
+        return _read_object(self.fd, slot * self.object_bytes, out)
 
     def close(self) -> None:
         if getattr(self, "fd", -1) >= 0:
@@ -200,22 +194,50 @@ class StorageTier(Tier):
             if not self.params.path:   # the run's own scratch root: whoever closes last removes it
                 remove_dirs([os.path.dirname(os.path.dirname(self.path))])
 
+    def cleanup(self) -> None:
+        remove_dirs(self.made_dirs)
+
+    def location(self) -> str:
+        return self.path
+
+    def open_peer(self, location: str) -> PeerFile:
+        return PeerFile(self.params, self.object_bytes, location, self.o_direct)
+
     def info(self) -> dict[str, Any]:
         return {**super().info(), "path": self.path, "fs_type": self.fs, "o_direct": self.o_direct,
-                "configured_bytes": self.configured_bytes, "group_role": self.group_role}
+                "configured_bytes": self.configured_bytes,
+                "group_role": None if self.share == "private" else self.share}
 
 
-class PeerFile:
+def _read_object(fd: int, offset: int, out: memoryview) -> int:
+    done = os.preadv(fd, [out], offset)
+    while 0 < done < len(out):   # a short read is legal; finish it, unless the file ends
+        got = os.preadv(fd, [out[done:]], offset + done)
+        if got == 0:
+            break
+        done += got
+    return done
+
+
+class PeerFile(Tier):
     """Another rank's slab file, opened read-only (the decode side of disaggregated
     serving reads what a prefill rank wrote). Never written or deleted here."""
 
     name = "storage"
 
-    def __init__(self, path: str, object_bytes: int, o_direct: bool) -> None:
-        self.path, self.object_bytes = path, object_bytes
+    def __init__(self, params: Any, object_bytes: int, path: str, o_direct: bool) -> None:
+        super().__init__(params, 0, object_bytes, level="storage")
+        self.path = path
         self.fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if o_direct else 0))
 
-    read = StorageTier.read
+    def open(self, ctx: RankContext) -> None:
+        pass
+
+    def write(self, slot: int, data: memoryview) -> int:
+        raise PermissionError(f"{self.path} is another rank's file: read only")
+
+    def read(self, slot: int, out: memoryview) -> int:
+        return _read_object(self.fd, slot * self.object_bytes, out)
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-QOS_CLASSES = ("interactive", "responsive", "batch")
-
 
 @dataclass(frozen=True, slots=True)
 class Request:
@@ -24,7 +22,7 @@ class Request:
     session: int                # conversation; turns extend its chain
     arrival_s: float            # intended arrival, seconds after the measured phase starts
     think_s: float | None       # closed loop: intended = user's previous completion + think_s
-    qos: str
+    qos: str                    # one of workloads.qos.QOS_CLASSES
     segments: tuple[tuple[int, int], ...]   # the prompt: (content identity, tokens)
     output_tokens: int
     output_id: int              # identity of the tokens this request generates

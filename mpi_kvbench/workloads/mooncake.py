@@ -27,8 +27,8 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from mpi_kvbench.layout import MASK64
 from mpi_kvbench.workloads.tracefile import (
-    MASK64,
     OUTPUT,
     JsonlTrace,
     Record,

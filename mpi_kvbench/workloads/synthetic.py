@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from mpi_kvbench.errors import ConfigError
-from mpi_kvbench.workloads.base import QOS_CLASSES, Request, Workload
+from mpi_kvbench.workloads.base import Request, Workload
+from mpi_kvbench.workloads.qos import QOS_CLASSES, default_mix, weights
 
 # (context tokens, output tokens, think seconds): ranges from DESIGN.md section 9
 TEMPLATES = {
@@ -32,21 +33,6 @@ TEMPLATES = {
     "coding": ((4096, 25000), (100, 500), (0.2, 1.0)),
     "document": ((4096, 16384), (200, 800), (0.3, 1.5)),
 }
-QOS_MIX = {"interactive": 0.15, "responsive": 0.35, "batch": 0.50}
-
-
-def _weights(mix: dict, valid: tuple[str, ...] | list[str], field: str) -> tuple[list[str], np.ndarray]:
-    for name, w in mix.items():
-        if name not in valid:
-            raise ConfigError(f"workload.{field}.{name}: unknown; valid: {', '.join(valid)}")
-        if isinstance(w, bool) or not isinstance(w, int | float) or w < 0:
-            raise ConfigError(f"workload.{field}.{name}={w!r}: give a weight >= 0")
-    names = [n for n in mix if mix[n] > 0]
-    if not names:
-        raise ConfigError(f"workload.{field}: give at least one positive weight")
-    w = np.array([mix[n] for n in names], dtype=float)
-    return names, w / w.sum()
-
 
 class SyntheticWorkload(Workload):
     """Multi-turn users from the reference's templates, shared system prompts, QoS mix."""
@@ -58,7 +44,7 @@ class SyntheticWorkload(Workload):
         users: int = 20
         templates: dict = dataclasses.field(
             default_factory=lambda: {"chatbot": 0.5, "coding": 0.25, "document": 0.25})
-        qos_mix: dict = dataclasses.field(default_factory=lambda: dict(QOS_MIX))
+        qos_mix: dict = dataclasses.field(default_factory=default_mix)
         system_prompts: int = 8
         system_prompt_tokens: int = 1024
         follow_up_tokens_min: int = 64
@@ -74,8 +60,8 @@ class SyntheticWorkload(Workload):
         def check(self) -> None:
             if self.users < 1:
                 raise ConfigError(f"workload.users={self.users}: need at least 1 user")
-            _weights(self.templates, list(TEMPLATES), "templates")
-            _weights(self.qos_mix, QOS_CLASSES, "qos_mix")
+            weights(self.templates, list(TEMPLATES), "templates")
+            weights(self.qos_mix, QOS_CLASSES, "qos_mix")
             for name in ("system_prompts", "system_prompt_tokens", "follow_up_tokens_min",
                          "max_turns"):
                 if getattr(self, name) < 0:
@@ -103,8 +89,8 @@ class SyntheticWorkload(Workload):
 
     def requests(self, replica: int = 0, replicas: int = 1) -> Iterator[Request]:
         p = self.params
-        tnames, tw = _weights(p.templates, list(TEMPLATES), "templates")
-        qnames, qw = _weights(p.qos_mix, QOS_CLASSES, "qos_mix")
+        tnames, tw = weights(p.templates, list(TEMPLATES), "templates")
+        qnames, qw = weights(p.qos_mix, QOS_CLASSES, "qos_mix")
         rag_p = None
         if p.rag_documents:
             w = (np.arange(1, p.rag_documents + 1, dtype=float) ** -p.rag_zipf_s

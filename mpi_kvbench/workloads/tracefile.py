@@ -50,9 +50,9 @@ from typing import IO, Any, ClassVar, NamedTuple
 import numpy as np
 
 from mpi_kvbench.errors import ConfigError
-from mpi_kvbench.workloads.base import QOS_CLASSES, Request, Workload
-
-MASK64 = (1 << 64) - 1
+from mpi_kvbench.layout import MASK64
+from mpi_kvbench.workloads.base import Request, Workload
+from mpi_kvbench.workloads.qos import default_mix, parse_mix
 
 # first argument of ``mix64`` for identities made from numbers, so kinds never collide
 PROMPT, OUTPUT = 1, 2
@@ -128,8 +128,7 @@ class TraceParams:
     replay_cycles: int = 1
     request_rate: float = 0.0
     max_requests: int = 0
-    qos_mix: dict = dataclasses.field(
-        default_factory=lambda: {"interactive": 0.15, "responsive": 0.35, "batch": 0.5})
+    qos_mix: dict = dataclasses.field(default_factory=default_mix)
 
     FORMAT = "trace"     # what the messages call the file (a class attribute, not a field)
 
@@ -151,25 +150,7 @@ class TraceParams:
                               " (0 = the trace's own timestamps)")
         if self.max_requests < 0:
             raise ConfigError(f"workload.max_requests={self.max_requests}: give 0 (all) or more")
-        qos_classes(self.qos_mix)
-
-
-def qos_classes(mix: dict) -> tuple[list[str], list[float]]:
-    """The classes with a positive weight and their cumulative shares (for ``bisect``)."""
-    for name, w in mix.items():
-        if name not in QOS_CLASSES:
-            raise ConfigError(f"workload.qos_mix.{name}: unknown class; valid: {', '.join(QOS_CLASSES)}")
-        if isinstance(w, bool) or not isinstance(w, int | float) or not w >= 0:
-            raise ConfigError(f"workload.qos_mix.{name}={w!r}: give a weight >= 0")
-    names = [n for n in mix if mix[n] > 0]
-    total = sum(mix[n] for n in names)
-    if not names or not math.isfinite(total):
-        raise ConfigError("workload.qos_mix: give at least one positive, finite weight")
-    bounds, acc = [], 0.0
-    for n in names:
-        acc += mix[n] / total
-        bounds.append(acc)
-    return names, bounds
+        parse_mix(self.qos_mix)
 
 
 class Record(NamedTuple):
@@ -244,7 +225,7 @@ class TraceWorkload(Workload):
 
     def _replay(self, scan: Scan) -> Iterator[Request]:
         p = self.params
-        names, bounds = qos_classes(p.qos_mix)
+        names, bounds = parse_mix(p.qos_mix)
         span = scan.t_last - scan.t_first
         gap = span / (scan.requests - 1) if scan.requests > 1 and span > 0 else 1.0
         period = span + gap

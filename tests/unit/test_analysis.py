@@ -16,7 +16,7 @@ import pytest
 pd = pytest.importorskip("pandas")
 
 from mpi_kvbench import analysis  # noqa: E402
-from mpi_kvbench.summary import PERCENTILES as SUMMARY_PERCENTILES  # noqa: E402
+from mpi_kvbench.results.summary import PERCENTILES as SUMMARY_PERCENTILES  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mpi_kvbench.cache import Hierarchy, Move, Plan, watermark_levels
+from mpi_kvbench.engine.cache import Hierarchy, Move, Plan, watermark_levels
 from mpi_kvbench.eviction.lru import LruPolicy
 
 OBJ = 4096

@@ -15,7 +15,7 @@ import sys
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mpi_kvbench.chunks import chunk_keys
+from mpi_kvbench.layout import chunk_keys
 
 Segments = list[tuple[int, int]]
 
@@ -141,7 +141,7 @@ def test_order_of_segments_matters() -> None:
 def test_keys_are_the_same_in_another_process() -> None:
     """Every rank of a TP group must compute the same keys: no per-process hash seed."""
     segs = [(123, 50), (2**63 + 5, 70)]
-    code = ("from mpi_kvbench.chunks import chunk_keys; "
+    code = ("from mpi_kvbench.layout import chunk_keys; "
             f"print(chunk_keys({segs!r}, 16))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONHASHSEED": "12345"}).stdout

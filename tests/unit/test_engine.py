@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from mpi_kvbench.chunks import Geometry, chunk_keys
 from mpi_kvbench.config import Config, load
 from mpi_kvbench.context import RankContext
-from mpi_kvbench.engine import Engine
-from mpi_kvbench.iopool import MOVE, READ, WRITE
-from mpi_kvbench.registry import TIERS, WORKLOADS
+from mpi_kvbench.engine import Engine, StopReason
+from mpi_kvbench.engine.iopool import MOVE, READ, WRITE
+from mpi_kvbench.layout import Geometry, chunk_keys
+from mpi_kvbench.registry import WORKLOADS
+from mpi_kvbench.run import engine_settings, policy_factory
+from mpi_kvbench.tiers import open_tiers
 from mpi_kvbench.workloads.base import Request
 
 CT = 16
@@ -42,18 +44,13 @@ def make_config(tmp_path: Path, hbm: int = 0, dram: int = 0, storage: int = 0,
 
 
 class Rig:
-    """An engine on freshly opened tiers; closes both."""
+    """An engine on freshly opened tiers, built as a run builds it; closes both."""
 
     def __init__(self, cfg: Config, run_id: str) -> None:
-        obj = Geometry(cfg.model, cfg.kv.chunk_tokens, cfg.kv.tensor_parallel,
-                       cfg.kv.layout).object_bytes
-        self.tiers = []
-        for spec in cfg.tiers:
-            tier = TIERS.load(spec.kind)(spec.params, spec.capacity_bytes, obj)
-            tier.level = spec.level
-            tier.open(RankContext(run_id=run_id))
-            self.tiers.append(tier)
-        self.engine = Engine(cfg, self.tiers)
+        obj = cfg.geometry.object_bytes
+        self.tiers = open_tiers(cfg.tiers, RankContext(run_id=run_id), obj, one_writer=False,
+                                group_bcast=lambda x: x)
+        self.engine = Engine(engine_settings(cfg), self.tiers, policy_factory(cfg))
         self.obj = obj
         self.ops: list[tuple] = []
         run = self.engine.pool.run
@@ -260,7 +257,7 @@ def replay(tmp_path: Path, rig, seed: int, n: int = 12) -> tuple[list, dict]:
     assert Geometry(cfg.model, 32, 1).object_bytes == 4096
     r = rig(cfg, f"s{seed}-")
     workload = WORKLOADS.load(cfg.workload_kind)(cfg.workload, cfg.run.seed)
-    assert r.engine.replay(workload.requests(), None, max_requests=n) == "share"
+    assert r.engine.replay(workload.requests(), None, max_requests=n) is StopReason.SHARE
     assert r.engine.completed == n
     counters = {k: v for k, v in r.c.items() if not k.endswith("_ns")}
     return r.ops, counters
@@ -279,7 +276,7 @@ def test_same_seed_same_operations(tmp_path: Path, rig) -> None:
 
 
 def test_busy_time_is_the_union_of_the_intervals() -> None:
-    from mpi_kvbench.engine import busy_ns
+    from mpi_kvbench.engine.record import busy_ns
 
     # two overlapping reads, a gap, one more: busy 0-15 and 20-30, not the 0-30 span
     assert busy_ns([(0, 10), (5, 15), (20, 30)]) == 25

@@ -7,8 +7,8 @@ import math
 import pytest
 
 from mpi_kvbench import models
-from mpi_kvbench.chunks import Geometry, chunk_keys
 from mpi_kvbench.errors import ConfigError
+from mpi_kvbench.layout import Geometry, chunk_keys
 from mpi_kvbench.models import CATALOGUE, ModelSpec
 
 # DESIGN.md section 9, copied from the brief (not from the code):

@@ -8,8 +8,8 @@ import struct
 import numpy as np
 import pytest
 
-from mpi_kvbench import payload as pl
-from mpi_kvbench.payload import BLOCK, PayloadSource
+from mpi_kvbench.engine import payload as pl
+from mpi_kvbench.engine.payload import BLOCK, PayloadSource
 
 zstd = pytest.importorskip("zstandard")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from mpi_kvbench.metrics import Histogram
-from mpi_kvbench.reduce import Collected
-from mpi_kvbench.summary import storage_health
+from mpi_kvbench.mpi.reduce import Collected
+from mpi_kvbench.results.summary import storage_health
 
 
 def collected(samples_ms: dict[str, np.ndarray]) -> Collected:

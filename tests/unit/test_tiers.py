@@ -12,15 +12,16 @@ import pytest
 
 from mpi_kvbench.context import RankContext
 from mpi_kvbench.errors import ConfigError
+from mpi_kvbench.layout import aligned_buffer
 from mpi_kvbench.registry import TIERS
-from mpi_kvbench.tiers.base import aligned_buffer
 
 OBJ = 3 * 4096
 
 
 def build(name: str, capacity: int, obj: int = OBJ, **params):
     cls = TIERS.load(name)
-    return cls(cls.Params(**params), capacity, obj)
+    level = {"null": "storage"}.get(name, name)
+    return cls(cls.Params(**params), capacity, obj, level=level)
 
 
 def pattern(slot: int, obj: int = OBJ) -> mmap.mmap:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mpi_kvbench.chunks import chunk_keys
 from mpi_kvbench.errors import ConfigError
+from mpi_kvbench.layout import chunk_keys
 from mpi_kvbench.registry import WORKLOADS
 from mpi_kvbench.workloads.azure import parse_time
 from mpi_kvbench.workloads.base import Request

@@ -9,13 +9,34 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import UTC, datetime
 from typing import Any
 
 import h5py
 import numpy as np
 
+from mpi_kvbench import SCHEMA_VERSION, __version__
 from mpi_kvbench.metrics import EDGES
-from mpi_kvbench.reduce import Collected
+from mpi_kvbench.results.collected import Collected
+from mpi_kvbench.results.summary import RunFacts
+
+
+def attributes(facts: RunFacts, summary: dict[str, Any], wall_ns: tuple[int, int]) -> dict[str, Any]:
+    """The root attributes of result.h5 (docs/RESULTS.md): the run's facts, a few
+    headlines, and the measured window in Unix time."""
+    return {
+        "schema_version": SCHEMA_VERSION, "tool_version": __version__,
+        "command_line": facts.command_line, "config_yaml": facts.config_yaml, "seed": facts.seed,
+        "run_id": facts.run_id, "run_name": facts.run_name, "complete": summary["complete"],
+        "start_time": facts.start_time, "end_time": datetime.now(UTC).isoformat(),
+        "measured_start_unix_ns": wall_ns[0], "measured_end_unix_ns": wall_ns[1],
+        "world_size": summary["world_size"], "tensor_parallel": facts.tensor_parallel,
+        "replicas": facts.replicas, "nodes": facts.nodes, "model": facts.model,
+        "mla_mode": facts.mla_mode, "o_direct": summary["o_direct"],
+        "hbm_emulated": summary["hbm_emulated"], "payload_mode": facts.payload_mode,
+        "workload_info": facts.workload_info,
+        "calibration": [c for c in facts.calibration if c],
+    }
 
 
 def _atomic(path: str):

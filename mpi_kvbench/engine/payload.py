@@ -23,11 +23,10 @@ import zlib
 import dgen_py
 import numpy as np
 
-from mpi_kvbench.tiers.base import aligned_buffer
+from mpi_kvbench.layout import MASK64, aligned_buffer
 
 BLOCK = 4096
 GEN_STREAM_BYTES = 1 << 40
-MASK64 = (1 << 64) - 1
 RING_BYTES = 64 << 20      # more than zstd's largest default window (8 MiB at level 19)
 
 

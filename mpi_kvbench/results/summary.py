@@ -13,13 +13,42 @@ mean of per-rank percentiles.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from mpi_kvbench import SCHEMA_VERSION, __version__
 from mpi_kvbench.metrics import PERCENTILES, Histogram
-from mpi_kvbench.reduce import Collected
+from mpi_kvbench.results import names
+from mpi_kvbench.results.collected import Collected
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the run was (not what it measured): stored in summary.json and result.h5."""
+
+    run_name: str
+    run_id: str
+    command_line: str
+    config_yaml: str
+    seed: int
+    start_time: str                  # ISO 8601, UTC
+    tensor_parallel: int
+    replicas: int
+    nodes: int
+    model: str
+    bytes_per_token_per_rank: int
+    object_bytes: int
+    mla_mode: str | None             # None: not an MLA model
+    layout: str
+    workload: str
+    workload_info: dict
+    payload_mode: str
+    tiers: list[str]                 # levels, fastest first
+    calibration: list                # per rank: its calibration figures, or None
+    prefill_groups: int
+    stonewall: bool
+    qos_metric: str
+    qos_targets_ms: dict
 
 
 def pcts_ms(h: Histogram | None) -> dict[str, float | None]:
@@ -28,118 +57,143 @@ def pcts_ms(h: Histogram | None) -> dict[str, float | None]:
     return {k: round(h.percentile(q) / 1e6, 4) for k, q in PERCENTILES.items()}
 
 
-def _merged(data: Collected, prefix: str) -> Histogram | None:
-    """The sum of every merged histogram named ``prefix`` or ``prefix.<anything>``."""
-    rows = [i for i, n in enumerate(data.hist_names) if n == prefix or n.startswith(prefix + ".")]
-    if not rows:
-        return None
-    out = Histogram()
-    for i in rows:
-        out = out + data.hist(data.hist_names[i])
-    return out
-
-
 def _count(data: Collected, name: str) -> int:
     return int(data.merged[data.hist_names.index(name)].sum()) if name in data.hist_names else 0
 
 
-def summarize(data: Collected, run: dict[str, Any]) -> dict[str, Any]:
-    """The summary.json dictionary; ``run`` carries the run's facts (model, sizes, ...)."""
+def _tier_facts(data: Collected, level: str) -> list[dict[str, Any]]:
+    """Every rank's ``info()`` of its tier at ``level``."""
+    return [t for e in data.env for t in e["tiers"] if t["level"] == level]
+
+
+def o_direct(data: Collected) -> bool | None:
+    """Every storage tier used O_DIRECT (None: no file-backed storage tier)."""
+    storage = [t for t in _tier_facts(data, "storage") if "o_direct" in t]
+    return all(t["o_direct"] for t in storage) if storage else None
+
+
+def hbm_emulated(data: Collected) -> bool | None:
+    hbm = _tier_facts(data, "hbm")
+    return any(t["emulated"] for t in hbm) if hbm else None
+
+
+def potential_caching(data: Collected) -> bool:
+    """A node's storage working set (its ranks' peak storage bytes) fits in its memory,
+    so the page cache could have served what the benchmark read."""
+    working_set: dict[str, int] = {}
+    peaks = data.per_rank_counter(names.tier_counter("storage", "peak_used_bytes"))
+    for e, peak in zip(data.env, peaks, strict=True):
+        working_set[e["host"]] = working_set.get(e["host"], 0) + int(peak)
+    memory = {e["host"]: e["memory_bytes"] for e in data.env}
+    return any(0 < ws < memory[h] for h, ws in working_set.items())
+
+
+def calibration(per_rank: list | None) -> dict[str, Any] | None:
+    """All ranks calibrated at once: all their bytes over the slowest rank's time."""
+    per_rank = [c for c in per_rank or [] if c]
+    if not per_rank:
+        return None
+    out = {"block_bytes": per_rank[0]["block_bytes"], "io_depth": per_rank[0]["io_depth"],
+           "ranks": len(per_rank)}
+    total = sum(c["bytes"] for c in per_rank)
+    for op in ("read", "write"):
+        slowest = max(c["bytes"] / c[f"{op}_gbps"] for c in per_rank)
+        out[f"{op}_gbps"] = round(total / slowest, 4)
+    return out
+
+
+def summarize(data: Collected, run: RunFacts) -> dict[str, Any]:
+    """The summary.json dictionary."""
     window_s = float(data.elapsed_ns.max()) / 1e9 if data.elapsed_ns.size else 0.0
     per_s = 1.0 / window_s if window_s > 0 else math.nan
     leaders = [i for i, e in enumerate(data.env) if e.get("tp_rank", 0) == 0]
-    col = data.counter_names
-
-    def per_rank(name: str) -> np.ndarray:
-        if name not in col:
-            return np.zeros(len(data.env), dtype=np.int64)
-        return data.counters[:, col.index(name)]
+    per_rank = data.per_rank_counter
 
     tiers: dict[str, Any] = {}
     total_bytes = 0
-    for tier in run["tiers"]:
+    for tier in run.tiers:
         t: dict[str, Any] = {}
-        for op in ("read", "write"):
-            nbytes = data.counter(f"{tier}.{op}_bytes")
+        for op in names.OPS:
+            nbytes = data.counter(names.tier_counter(tier, f"{op}_bytes"))
             total_bytes += nbytes
             t[f"{op}_bytes"] = nbytes
-            t[f"{op}_ops"] = data.counter(f"{tier}.{op}_ops")
+            t[f"{op}_ops"] = data.counter(names.tier_counter(tier, f"{op}_ops"))
             t[f"{op}_gbps"] = round(nbytes * per_s / 1e9, 4)
             t[f"{op}_gbps_per_rank"] = [round(float(b) / window_s / 1e9, 4) if window_s else None
-                                        for b in per_rank(f"{tier}.{op}_bytes")]
-        busy = per_rank(f"{tier}.busy_ns")
-        moved = per_rank(f"{tier}.read_bytes") + per_rank(f"{tier}.write_bytes")
+                                        for b in per_rank(names.tier_counter(tier, f"{op}_bytes"))]
+        busy = per_rank(names.tier_counter(tier, "busy_ns"))
+        moved = sum(per_rank(names.tier_counter(tier, f"{op}_bytes")) for op in names.OPS)
         t["busy_s"] = round(float(busy.mean()) / 1e9, 4)
         t["gbps_busy"] = round(float(sum(m / b for m, b in zip(moved, busy, strict=True) if b)), 4) \
             if busy.any() else None
-        t["chunk_hits"] = int(per_rank(f"{tier}.chunk_hits")[leaders].sum())
+        t["chunk_hits"] = int(per_rank(names.tier_counter(tier, "chunk_hits"))[leaders].sum())
         t["tokens_from_cache_per_s"] = round(
-            float(per_rank(f"{tier}.tokens_hit")[leaders].sum()) * per_s, 2)
-        t["latency_ms"] = {op: pcts_ms(_merged(data, f"{tier}.{op}")) for op in ("read", "write")}
+            float(per_rank(names.tier_counter(tier, "tokens_hit"))[leaders].sum()) * per_s, 2)
+        t["latency_ms"] = {op: pcts_ms(data.pooled(names.tier_op(tier, op))) for op in names.OPS}
         tiers[tier] = t
 
     lookups = int(per_rank("chunk_lookups")[leaders].sum())
-    requests = int(per_rank("group.requests_completed")[leaders].sum())
+    requests = int(per_rank(names.group("requests_completed"))[leaders].sum())
     storage = tiers.get("storage", {})
     cpu_s = data.counter("cpu.process_us") / 1e6
     gen_s = data.counter("cpu.generation_us") / 1e6
     summary = {
         "schema_version": SCHEMA_VERSION,
         "tool_version": __version__,
-        "run_name": run["run_name"],
+        "run_name": run.run_name,
         "complete": not data.errors,
         "errors": data.errors,
         "world_size": len(data.env),
-        "tensor_parallel": run["tensor_parallel"],
-        "replicas": run["replicas"],
+        "tensor_parallel": run.tensor_parallel,
+        "replicas": run.replicas,
         "nodes": len({e.get("host") for e in data.env}),
-        "model": run["model"],
-        "bytes_per_token_per_rank": run["bytes_per_token_per_rank"],
-        "object_bytes": run["object_bytes"],
-        "mla_mode": run.get("mla_mode"),
-        "layout": run["layout"],
-        "workload": run["workload"],
-        "payload_mode": run["payload_mode"],
+        "model": run.model,
+        "bytes_per_token_per_rank": run.bytes_per_token_per_rank,
+        "object_bytes": run.object_bytes,
+        "mla_mode": run.mla_mode,
+        "layout": run.layout,
+        "workload": run.workload,
+        "payload_mode": run.payload_mode,
         "duration_s": round(window_s, 4),
         "requests_completed": requests,
         "requests_per_s": round(requests * per_s, 3),
         "prefix_hit_ratio": round(int(per_rank("chunk_hits")[leaders].sum()) / lookups, 6)
         if lookups else None,
         "chunk_lookups": lookups,
-        "o_direct": run.get("o_direct"),
-        "hbm_emulated": run.get("hbm_emulated"),
-        "potential_caching": run.get("potential_caching"),
+        "o_direct": o_direct(data),
+        "hbm_emulated": hbm_emulated(data),
+        "potential_caching": potential_caching(data),
         "storage_throughput_gbps": round(
             (storage.get("read_bytes", 0) + storage.get("write_bytes", 0)) * per_s / 1e9, 4),
         "tiers": tiers,
         "demotions": {
             "count": data.counter("demotions"),
             "bytes": data.counter("demotion_bytes"),
-            "latency_ms": pcts_ms(_merged(data, "demotion")),
+            "latency_ms": pcts_ms(data.pooled("demotion")),
         },
         "promotions": {"count": data.counter("promotions"), "bytes": data.counter("promotion_bytes")},
         "disaggregated": {
-            "prefill_groups": run.get("prefill_groups", 0),
+            "prefill_groups": run.prefill_groups,
             "requests_prefilled": data.counter("requests_prefilled"),
             "handoff_chunks_sent": data.counter("handoff_chunks_sent"),
             "handoff_chunks_read": data.counter("handoff_chunks"),
-            "handoff_latency_ms": pcts_ms(_merged(data, "handoff")),
+            "handoff_latency_ms": pcts_ms(data.pooled(names.HANDOFF)),
         },
         "latency_ms": {
-            "request_e2e": pcts_ms(_merged(data, "request.e2e")),
-            "request_queue": pcts_ms(_merged(data, "request.queue")),
-            "ttft_proxy": pcts_ms(_merged(data, "request.ttft_proxy")),
-            "prefill_storage": pcts_ms(_merged(data, "request.prefill_storage")),
-            "group_e2e": pcts_ms(_merged(data, "group.e2e")),
-            "group_prefill_storage": pcts_ms(_merged(data, "group.prefill_storage")),
+            "request_e2e": pcts_ms(data.pooled(names.REQUEST_E2E)),
+            "request_queue": pcts_ms(data.pooled(names.REQUEST_QUEUE)),
+            "ttft_proxy": pcts_ms(data.pooled(names.REQUEST_TTFT)),
+            "prefill_storage": pcts_ms(data.pooled(names.REQUEST_PREFILL_STORAGE)),
+            "group_e2e": pcts_ms(data.pooled(names.group("e2e"))),
+            "group_prefill_storage": pcts_ms(data.pooled(names.group("prefill_storage"))),
         },
         "qos": {
-            cls: {"requests": _count(data, f"group.qos.{cls}.e2e"),
-                  "e2e_ms": pcts_ms(_merged(data, f"group.qos.{cls}.e2e")),
-                  "prefill_storage_ms": pcts_ms(_merged(data, f"group.qos.{cls}.prefill_storage"))}
-            for cls in sorted({n.split(".")[1] for n in col if n.startswith("qos.")})
+            cls: {"requests": _count(data, names.group_qos(cls, "e2e")),
+                  "e2e_ms": pcts_ms(data.pooled(names.group_qos(cls, "e2e"))),
+                  "prefill_storage_ms": pcts_ms(data.pooled(names.group_qos(cls, "prefill_storage")))}
+            for cls in names.qos_classes(data.counter_names)
         },
-        "storage_health": storage_health(data, run["qos_metric"], run["qos_targets_ms"]),
+        "storage_health": storage_health(data, run.qos_metric, run.qos_targets_ms),
         "cpu": {
             "process_s": round(cpu_s, 3),
             "generation_s": round(gen_s, 3),
@@ -152,7 +206,7 @@ def summarize(data: Collected, run: dict[str, Any]) -> dict[str, Any]:
             "payload_stalls": data.counter("payload.stalls"),
         },
         "stonewall": {   # IOR-style: the first rank to finish its share stops the others
-            "enabled": run.get("stonewall", False),
+            "enabled": run.stonewall,
             "ranks_stopped_early": data.counter("stopped_by_stonewall"),
             "first_rank_done_s": round(float(data.elapsed_ns.min()) / 1e9, 4)
             if data.elapsed_ns.size else None,
@@ -161,8 +215,9 @@ def summarize(data: Collected, run: dict[str, Any]) -> dict[str, Any]:
         "verify": {"checked": data.counter("verify_checked"),
                    "mismatches": data.counter("verify_mismatches")},
     }
-    if run.get("calibration"):
-        summary["calibration"] = run["calibration"]
+    calibrated = calibration(run.calibration)
+    if calibrated:
+        summary["calibration"] = calibrated
     return summary
 
 
@@ -172,7 +227,7 @@ def storage_health(data: Collected, metric: str, targets_ms: dict) -> dict[str, 
     anything (20 for P95, 10,000 for P99.99); with fewer it is reported, not judged."""
     classes: dict[str, Any] = {}
     for cls, targets in sorted(targets_ms.items()):
-        name = f"group.qos.{cls}.{metric}"
+        name = names.group_qos(cls, metric)
         h = data.hist(name) if name in data.hist_names else None
         n = h.count if h is not None else 0
         if n == 0:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -19,6 +19,33 @@ from mpi_kvbench.errors import ConfigError
 TAG_STOP = 7001        # "stop now": a rank failed, or the stonewall fell
 TAG_TRACE = 7002       # batches of requests from rank 0
 TAG_HANDOFF = 7003     # disaggregated serving: prefill -> decode
+
+
+class Comm(Protocol):
+    """What the pipeline needs from a communicator; ``SerialComm`` and ``MpiComm`` have it."""
+
+    rank: int
+    size: int
+
+    def barrier(self) -> None: ...
+    def quiet_barrier(self) -> None: ...
+    def bcast(self, obj: Any) -> Any: ...
+    def allgather(self, obj: Any) -> list: ...
+    def gather(self, obj: Any) -> list | None: ...
+    def allreduce(self, value: Any, op: str = "sum") -> Any: ...
+    def reduce_array(self, arr: np.ndarray, op: str = "sum") -> np.ndarray | None: ...
+    def gather_array(self, arr: np.ndarray) -> np.ndarray | None: ...
+    def split(self, color: int, key: int) -> Comm: ...
+    def node_comm(self) -> Comm: ...
+    def send(self, obj: Any, dest: int, tag: int = TAG_TRACE) -> None: ...
+    def recv(self, source: int = 0, tag: int = TAG_TRACE) -> Any: ...
+    def post(self, obj: Any, dest: int, tag: int) -> None: ...
+    def poll(self, tag: int) -> Any: ...
+    def notify_stop(self, reason: str) -> None: ...
+    def stop_requested(self) -> str | None: ...
+    def drain(self) -> None: ...
+    @property
+    def library(self) -> str: ...
 
 
 class SerialComm:
@@ -183,7 +210,7 @@ class MpiComm(SerialComm):
         return self._MPI.Get_library_version().splitlines()[0].strip()
 
 
-def world() -> SerialComm:
+def world() -> Comm:
     try:
         from mpi4py import MPI
     except ImportError:
@@ -191,7 +218,7 @@ def world() -> SerialComm:
     return MpiComm(MPI.COMM_WORLD)
 
 
-def topology(comm: SerialComm, tp: int, run_id: str) -> tuple[RankContext, SerialComm]:
+def topology(comm: Comm, tp: int, run_id: str) -> tuple[RankContext, Comm]:
     """This rank's place: TP group (a Split of consecutive ranks), node, local rank.
 
     Returns the context and the TP-group communicator. The same error is raised on

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from mpi_kvbench import payload as pl
-from mpi_kvbench.tiers.base import Tier, aligned_buffer
+from mpi_kvbench.engine import payload as pl
+from mpi_kvbench.layout import aligned_buffer
+from mpi_kvbench.tiers.base import Tier
 
 READ, WRITE, MOVE = 0, 1, 2
 

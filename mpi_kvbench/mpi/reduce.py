@@ -9,49 +9,16 @@ per-request maximum is taken inside the group first and only its histogram trave
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
-from mpi_kvbench.comm import SerialComm
-from mpi_kvbench.engine import RequestLog
 from mpi_kvbench.metrics import N_BUCKETS, Histogram, Metrics
-from mpi_kvbench.workloads.base import QOS_CLASSES
+from mpi_kvbench.mpi.comm import Comm
+from mpi_kvbench.results import names
+from mpi_kvbench.results.collected import Collected, RequestLog
+from mpi_kvbench.workloads.qos import QOS_CLASSES
 
 
-@dataclass
-class Collected:
-    """Everything rank 0 needs to write the result (None elsewhere)."""
-
-    hist_names: list[str]
-    merged: np.ndarray                # [H, B] int64
-    merged_min_ns: np.ndarray         # [H]
-    merged_max_ns: np.ndarray
-    merged_sum_ns: np.ndarray
-    per_rank: np.ndarray              # [N, H, B]
-    per_rank_min_ns: np.ndarray       # [N, H]
-    per_rank_max_ns: np.ndarray
-    per_rank_sum_ns: np.ndarray
-    counter_names: list[str]
-    counters: np.ndarray              # [N, C]
-    series_names: list[str]
-    series: np.ndarray                # [N, S, T]
-    elapsed_ns: np.ndarray            # [N] each rank's measured-phase length
-    env: list[dict]
-    errors: list[str] = field(default_factory=list)
-
-    def hist(self, name: str) -> Histogram:
-        i = self.hist_names.index(name)
-        return Histogram(self.merged[i], int(self.merged_min_ns[i]), int(self.merged_max_ns[i]),
-                         int(self.merged_sum_ns[i]))
-
-    def counter(self, name: str) -> int:
-        if name not in self.counter_names:
-            return 0
-        return int(self.counters[:, self.counter_names.index(name)].sum())
-
-
-def group_latency(group: SerialComm, log: RequestLog, metrics: Metrics) -> None:
+def group_latency(group: Comm, log: RequestLog, metrics: Metrics) -> None:
     """Adds the TP group's per-request latency (max over its shards) to the leader's metrics.
 
     Every rank of a group serves the same requests; those that all of them completed are
@@ -71,15 +38,15 @@ def group_latency(group: SerialComm, log: RequestLog, metrics: Metrics) -> None:
         worst[0] = np.maximum(worst[0], s_e2e[order])
         worst[1] = np.maximum(worst[1], s_prefill[order])
         qos = s_qos[order]
-    for i, name in enumerate(("e2e", "prefill_storage")):
-        metrics.hist.setdefault(f"group.{name}", Histogram()).record_many(worst[i])
+    for i, what in enumerate(names.GROUP_METRICS):
+        metrics.hist.setdefault(names.group(what), Histogram()).record_many(worst[i])
         for c in np.unique(qos):
-            metrics.hist.setdefault(f"group.qos.{QOS_CLASSES[c]}.{name}", Histogram()).record_many(
+            metrics.hist.setdefault(names.group_qos(QOS_CLASSES[c], what), Histogram()).record_many(
                 worst[i][qos == c])
-    metrics.add("group.requests_completed", int(common.size))
+    metrics.add(names.group("requests_completed"), int(common.size))
 
 
-def collect(comm: SerialComm, metrics: Metrics, elapsed_ns: int, env: dict,
+def collect(comm: Comm, metrics: Metrics, elapsed_ns: int, env: dict,
             error: str | None) -> Collected | None:
     """Reduces every rank's metrics to rank 0; returns the data there, None elsewhere."""
     hist_names = _union(comm, metrics.hist)
@@ -118,7 +85,7 @@ def collect(comm: SerialComm, metrics: Metrics, elapsed_ns: int, env: dict,
                      [e for e in errors if e])
 
 
-def _union(comm: SerialComm, names: dict) -> list[str]:
+def _union(comm: Comm, names: dict) -> list[str]:
     return sorted(set().union(*comm.allgather(sorted(names))))
 
 

@@ -1,0 +1,153 @@
+"""Recording: every figure one rank measures, kept apart from the request flow.
+
+The engine tells the recorder what happened (lookups, a stage of timed operations, a
+request's end); the recorder turns it into histograms, counters, 1-second series
+(``metrics.Metrics``) and the per-request log that the TP-group maximum needs at the
+end. It runs on the engine's thread only, so nothing here is shared between threads.
+Every name comes from ``results.names``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from mpi_kvbench.engine.iopool import MOVE, READ, WRITE, Done, Op
+from mpi_kvbench.metrics import Metrics
+from mpi_kvbench.results import names
+from mpi_kvbench.results.collected import RequestLog
+from mpi_kvbench.workloads.base import Request
+from mpi_kvbench.workloads.qos import QOS_CLASSES
+
+
+def busy_ns(intervals: list[tuple[int, int]]) -> int:
+    """How long at least one of the intervals was open: the time a tier had I/O in flight."""
+    total, end = 0, None
+    for a, b in sorted(intervals):
+        if end is None or a > end:
+            total, end = total + (b - a), b
+        elif b > end:
+            total, end = total + (b - end), b
+    return total
+
+
+class Recorder:
+    """One rank's metrics and request log for the current phase.
+
+    ``tiers`` names the I/O pool's tiers by index (the rank's own levels, then any
+    other rank's files it reads), so an operation's tier index names its figures.
+    """
+
+    def __init__(self, tiers: Sequence[str], chunk_tokens: int, objects_per_chunk: int,
+                 verify: bool, start_ns: int) -> None:
+        self.tiers = list(tiers)
+        self.chunk_tokens = chunk_tokens
+        self.objects_per_chunk = objects_per_chunk
+        self.verify = verify
+        self.start_phase(start_ns)
+
+    def start_phase(self, start_ns: int) -> None:
+        """Forgets everything: a fresh measurement from ``start_ns`` on."""
+        self.metrics = Metrics()
+        self.log = RequestLog()
+        self.start_ns = start_ns
+
+    def second(self, t_ns: int) -> float:
+        """Phase time of a clock reading, for the 1-second series."""
+        return (t_ns - self.start_ns) / 1e9
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.metrics.add(name, n)
+
+    # -- requests ---------------------------------------------------------------------
+    def lookups(self, n_chunks: int, hit_levels: Sequence[int]) -> None:
+        """A prompt's chain lookup: ``hit_levels`` holds the tier of each hit object."""
+        m, per = self.metrics, self.objects_per_chunk
+        hits = len(hit_levels) // per
+        m.add("chunk_lookups", n_chunks)
+        m.add("chunk_hits", hits)
+        t = self.second(time.perf_counter_ns())
+        m.tick("chunk_lookups", t, n_chunks)
+        m.tick("chunk_hits", t, hits)
+        for i in range(0, hits * per, per):   # a chunk counts where its first object is
+            tier = self.tiers[hit_levels[i]]
+            m.add(names.tier_counter(tier, "chunk_hits"))
+            m.add(names.tier_counter(tier, "tokens_hit"), self.chunk_tokens)
+
+    def prefill_done(self, intended: int, start: int, done: int) -> None:
+        self.metrics.record(names.REQUEST_TTFT, done - intended)
+        self.metrics.record(names.REQUEST_QUEUE, start - intended)
+
+    def handed_off(self, chunks: int) -> None:
+        """A prefill-only request ended by handing ``chunks`` to a decode group."""
+        self.metrics.add("handoff_chunks_sent", chunks)
+        self.metrics.add("requests_prefilled")
+
+    def handoff_read(self, written_ns: int, chunks: int) -> None:
+        """The decode side read back what a prefill rank wrote at ``written_ns``."""
+        self.metrics.record(names.HANDOFF, time.perf_counter_ns() - written_ns)
+        self.metrics.add("handoff_chunks", chunks)
+
+    def request_done(self, req: Request, intended: int, done: int, storage_ns: int,
+                     queue_ns: int) -> None:
+        m = self.metrics
+        t = self.second(done)
+        m.record(names.REQUEST_E2E, done - intended)
+        m.record(names.REQUEST_PREFILL_STORAGE, storage_ns)
+        m.record(names.qos(req.qos, "e2e"), done - intended)
+        m.record(names.qos(req.qos, "prefill_storage"), storage_ns)
+        m.add("requests_completed")
+        m.add(names.qos(req.qos, "requests"))
+        m.add("prompt_tokens", req.prompt_tokens)
+        m.add("output_tokens", req.output_tokens)
+        m.tick("requests", t)
+        m.peak("queue_delay_ms_max", t, queue_ns / 1e6)
+        self.log.index.append(req.index)
+        self.log.e2e_ns.append(done - intended)
+        self.log.prefill_ns.append(storage_ns)
+        self.log.qos.append(QOS_CLASSES.index(req.qos))
+
+    # -- operations -------------------------------------------------------------------
+    def dropped(self, level: int) -> None:
+        self.metrics.add(names.tier_counter(self.tiers[level], "drops"))
+
+    def left_to_writer(self, level: int) -> None:
+        self.metrics.add(names.tier_counter(self.tiers[level], "writes_left_to_writer"))
+
+    def stage(self, ops: Sequence[Op], results: Sequence[Done], phase: str) -> None:
+        """Every figure of one stage of timed operations, and each tier's busy time."""
+        m, tiers = self.metrics, self.tiers
+        span: dict[str, list[tuple[int, int]]] = {}
+        for op, d in zip(ops, results, strict=True):
+            t = self.second(d.end)
+            if op.kind in (READ, MOVE):
+                self._io(tiers[op.src], "read", phase, d.read_ns, d.read_bytes, t)
+                span.setdefault(tiers[op.src], []).append((d.start, d.start + d.read_ns))
+                if not d.ok:
+                    m.add("verify_mismatches")
+                if self.verify and op.crc >= 0:
+                    m.add("verify_checked")
+            if op.kind in (WRITE, MOVE):
+                self._io(tiers[op.dst], "write", phase, d.write_ns, d.write_bytes, t)
+                span.setdefault(tiers[op.dst], []).append((d.end - d.write_ns, d.end))
+            if op.kind == MOVE:
+                family = "demotion" if op.dst > op.src else "promotion"
+                m.record(names.move(family, tiers[op.src]), d.end - d.start)
+                m.add(f"{family}s")
+                m.add(f"{family}_bytes", d.write_bytes)
+        for tier, intervals in span.items():
+            m.add(names.tier_counter(tier, "busy_ns"), busy_ns(intervals))
+
+    def _io(self, tier: str, op: str, phase: str, ns: int, nbytes: int, t: float) -> None:
+        m = self.metrics
+        m.record(names.tier_op(tier, op, phase), ns)
+        m.add(names.tier_counter(tier, f"{op}_bytes"), nbytes)
+        m.add(names.tier_counter(tier, f"{op}_ops"))
+        m.tick(names.tier_counter(tier, f"{op}_bytes"), t, nbytes)
+        m.tick(names.tier_counter(tier, f"{op}_ops"), t)
+
+    def bytes_moved(self) -> int:
+        """Bytes read and written by every tier so far in this phase (the progress line)."""
+        c = self.metrics.counters
+        return sum(c.get(names.tier_counter(t, f"{op}_bytes"), 0)
+                   for t in set(self.tiers) for op in names.OPS)

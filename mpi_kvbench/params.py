@@ -1,0 +1,93 @@
+"""Typed settings from YAML mappings, for the config sections and every plug-in's ``Params``.
+
+Public so that third-party plug-ins check their parameters the way built-ins do: a
+frozen dataclass built field by field from its mapping, each mistake one ConfigError
+line that names the field and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Iterable
+from typing import Any
+
+from mpi_kvbench.errors import ConfigError
+
+
+def did_you_mean(name: str, valid: Iterable[Any]) -> str:
+    """The closest valid name as a hint, or the list of valid names when none is close."""
+    valid = [str(v) for v in valid]
+    close = difflib.get_close_matches(str(name), valid, n=1)
+    return f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(valid)}"
+
+
+def unknown(where: str, key: Any, valid: Iterable[Any]) -> ConfigError:
+    """The error for a setting nobody knows."""
+    return ConfigError(f"{where}: unknown setting; {did_you_mean(key, valid)}")
+
+
+def build_dataclass(cls: type, section: Any, where: str) -> Any:
+    """Builds a frozen dataclass from a mapping, checking names and types field by field,
+    then runs its ``check()``. A field without a default must be in the mapping."""
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings, got {section!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in section.items():
+        if key not in fields:
+            raise unknown(f"{where}.{key}", key, fields)
+        factory = fields[key].default_factory
+        if isinstance(value, dict) and factory is not dataclasses.MISSING:
+            default = factory()
+            if isinstance(default, dict):
+                value = {**default, **value}   # one key of a default mapping, as elsewhere
+        values[key] = coerce(value, hints[key], f"{where}.{key}")
+    missing = [n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where}.{missing[0]}: missing; give it a value")
+    obj = cls(**values)
+    if hasattr(obj, "check"):
+        obj.check()
+    return obj
+
+
+def coerce(value: Any, hint: Any, where: str) -> Any:
+    """``value`` as the type ``hint`` names (int is accepted for float), or a ConfigError."""
+    kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in kinds:
+        return None
+    if isinstance(value, bool) and bool not in kinds:
+        raise ConfigError(f"{where}={value!r}: expected {_hint_name(kinds)}, not a boolean")
+    for kind in kinds:
+        if kind is float and isinstance(value, int | float):
+            return float(value)
+        if kind in (int, str, bool, dict) and isinstance(value, kind):
+            return value
+    raise ConfigError(f"{where}={value!r}: expected {_hint_name(kinds)}")
+
+
+def _hint_name(kinds: tuple) -> str:
+    return " or ".join(getattr(k, "__name__", str(k)) for k in kinds)
+
+
+def positive(obj: Any, section: str, names: Iterable[str]) -> None:
+    for n in names:
+        if getattr(obj, n) <= 0:
+            raise ConfigError(f"{section}.{n}={getattr(obj, n)!r}: must be greater than 0")
+
+
+def non_negative(obj: Any, section: str, names: Iterable[str]) -> None:
+    for n in names:
+        if getattr(obj, n) < 0:
+            raise ConfigError(f"{section}.{n}={getattr(obj, n)!r}: must not be negative")
+
+
+def choice(obj: Any, section: str, name: str, valid: Iterable[str]) -> None:
+    valid = tuple(valid)
+    if getattr(obj, name) not in valid:
+        raise ConfigError(f"{section}.{name}={getattr(obj, name)!r}: use one of {', '.join(valid)}")
