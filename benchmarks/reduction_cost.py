@@ -15,10 +15,10 @@ import time
 
 import numpy as np
 
-from mpi_kvbench.engine import RequestLog
 from mpi_kvbench.metrics import Histogram, Metrics
 from mpi_kvbench.mpi.comm import topology, world
 from mpi_kvbench.mpi.reduce import collect, group_latency
+from mpi_kvbench.results.collected import RequestLog
 from mpi_kvbench.results.hdf5 import write_hdf5, write_summary
 
 NAMES = [f"{t}.{op}.{ph}" for t in ("hbm", "dram", "storage") for op in ("read", "write")

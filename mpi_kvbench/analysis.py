@@ -25,13 +25,10 @@ import numpy as np
 
 from mpi_kvbench import SCHEMA_VERSION
 from mpi_kvbench.metrics import EDGES, PERCENTILES, percentile
+from mpi_kvbench.results import names as mn
 
 if TYPE_CHECKING:
     import pandas as pd
-
-#: Histogram families whose members summary.json pools: ``demotion.<tier>`` -> ``demotion``.
-_FAMILIES = ("demotion", "promotion")
-_OPS = ("read", "write")
 
 PathLike = str | os.PathLike
 
@@ -61,7 +58,7 @@ class _Hist:
     def rows(self, name: str) -> list[int]:
         """The stored histograms ``name`` stands for: itself, or every ``name.<anything>``
         (as summary.json pools ``storage.read.*`` into ``storage.read``)."""
-        rows = [i for i, n in enumerate(self.names) if n == name or n.startswith(name + ".")]
+        rows = mn.pooled_rows(self.names, name)
         if not rows:
             raise KeyError(f"no histogram {name!r} in {self.path}; there are: {', '.join(self.names)}")
         return rows
@@ -168,13 +165,9 @@ def load(path: PathLike) -> Result:
     environment = pd.json_normalize(env) if env else pd.DataFrame()
     environment["elapsed_s"] = elapsed / 1e9
     environment.index = pd.RangeIndex(len(environment), name="rank")
-    tiers = list(summary.get("tiers", {})) or _guess_tiers(hist.names)
+    tiers = list(summary.get("tiers", {})) or mn.guess_tiers(hist.names)
     return Result(p, attrs, str(attrs.get("config_yaml", "")), summary, counters, counters_merged,
                   _percentiles(pd, hist, tiers), timeseries, environment, errors, interval_s, hist)
-
-
-def _guess_tiers(names: Iterable[str]) -> list[str]:
-    return sorted({n.split(".")[0] for n in names if n.count(".") == 2 and n.split(".")[1] in _OPS})
 
 
 def _timeseries(pd: Any, names: list[str], data: np.ndarray, interval_s: float) -> pd.DataFrame:
@@ -190,26 +183,6 @@ def _timeseries(pd: Any, names: list[str], data: np.ndarray, interval_s: float) 
 
 
 # -- histograms and percentiles -----------------------------------------------------------
-
-def _split(name: str, tiers: Sequence[str]) -> tuple[str | None, str | None, str | None]:
-    """tier, op, phase of a histogram name, where they apply."""
-    parts = name.split(".")
-    if parts[0] in tiers and len(parts) >= 2 and parts[1] in _OPS:
-        return parts[0], parts[1], parts[2] if len(parts) > 2 else "all"
-    if parts[0] in _FAMILIES:   # demotion.<source tier>
-        return (parts[1] if len(parts) > 1 else None), parts[0], None
-    return None, None, None
-
-
-def _rollups(names: list[str], tiers: Sequence[str]) -> list[str]:
-    """The pooled names summary.json reports that are not stored themselves."""
-    out = []
-    for tier in tiers:
-        for op in _OPS:
-            out.append(f"{tier}.{op}")
-    out += list(_FAMILIES)
-    return [r for r in out if r not in names and any(n.startswith(r + ".") for n in names)]
-
 
 def _row(counts: np.ndarray, lo: float, hi: float, total_ns: float | None) -> dict[str, float]:
     n = int(counts.sum())
@@ -235,7 +208,7 @@ def _merged_stats(hist: _Hist, rows: list[int]) -> tuple[np.ndarray, float, floa
 def _percentiles(pd: Any, hist: _Hist, tiers: Sequence[str]) -> pd.DataFrame:
     """Every row uses the exact min/max/sum the file stores (merged, and per rank)."""
     names = hist.names
-    groups = [(n, [i]) for i, n in enumerate(names)] + [(r, hist.rows(r)) for r in _rollups(names, tiers)]
+    groups = [(n, [i]) for i, n in enumerate(names)] + [(r, hist.rows(r)) for r in mn.rollups(names, tiers)]
     records = []
     merged = {}
     for name, rows in groups:
@@ -252,7 +225,7 @@ def _percentiles(pd: Any, hist: _Hist, tiers: Sequence[str]) -> pd.DataFrame:
                              float(maxs[rank, rows].max()), float(sums[rank, rows].sum()))
                 records.append({"histogram": name, "rank": rank, **stats})
     df = pd.DataFrame.from_records(records)
-    split = [_split(n, tiers) for n in df["histogram"]]
+    split = [mn.split(n, tiers) for n in df["histogram"]]
     df.insert(2, "tier", [s[0] for s in split])
     df.insert(3, "op", [s[1] for s in split])
     df.insert(4, "phase", [s[2] for s in split])
@@ -306,7 +279,7 @@ def tier_table(result: Result | dict[str, Any]) -> pd.DataFrame:
     rows = {}
     for tier, t in summary.get("tiers", {}).items():
         row = {k: v for k, v in t.items() if not isinstance(v, dict | list)}
-        for op in _OPS:
+        for op in mn.OPS:
             for key, value in t.get("latency_ms", {}).get(op, {}).items():
                 row[f"{op}_{key}_ms"] = value
         rows[tier] = row
@@ -325,7 +298,7 @@ def headline(summary: dict[str, Any]) -> dict[str, float]:
     for tier, t in summary.get("tiers", {}).items():
         for key in ("read_gbps", "write_gbps", "gbps_busy"):
             out[f"{tier}.{key}"] = num(t.get(key))
-        for op in _OPS:
+        for op in mn.OPS:
             for p in ("p50", "p99"):
                 out[f"{tier}.{op}_{p}_ms"] = num(t.get("latency_ms", {}).get(op, {}).get(p))
     for key in ("group_e2e", "group_prefill_storage", "request_queue"):
@@ -396,9 +369,9 @@ def plot_report(result: Result, out_dir: PathLike) -> list[str]:
     fig = _figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
     for tier in result.tiers:
-        for op, style in (("read", "-"), ("write", "--")):
+        for op, style in zip(mn.OPS, ("-", "--"), strict=True):
             try:
-                c = cdf(result, f"{tier}.{op}")
+                c = cdf(result, mn.tier_op(tier, op))
             except KeyError:
                 continue
             ax.step(c["latency_ms"], c["fraction"], style, where="post", label=f"{tier} {op}")
@@ -414,8 +387,8 @@ def plot_report(result: Result, out_dir: PathLike) -> list[str]:
     fig = _figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
     for tier in result.tiers:
-        for op, style in (("read", "-"), ("write", "--")):
-            key = f"{tier}.{op}_bytes"
+        for op, style in zip(mn.OPS, ("-", "--"), strict=True):
+            key = mn.tier_counter(tier, f"{op}_bytes")
             if key in by.index.get_level_values(0):
                 s = by[key]
                 ax.plot(s.index, s.to_numpy() / _bin_widths(s.index, result.interval_s, window) / 1e9,
@@ -448,8 +421,8 @@ def plot_report(result: Result, out_dir: PathLike) -> list[str]:
     width = 0.8 / max(1, 2 * len(result.tiers))
     k = 0
     for tier in result.tiers:
-        for op in _OPS:
-            col = f"{tier}.{op}_bytes"
+        for op in mn.OPS:
+            col = mn.tier_counter(tier, f"{op}_bytes")
             if col in result.counters and window > 0:
                 gbps = result.counters[col].to_numpy() / window / 1e9
                 ax1.bar(ranks - 0.4 + (k + 0.5) * width, gbps, width, label=f"{tier} {op}")
@@ -458,8 +431,8 @@ def plot_report(result: Result, out_dir: PathLike) -> list[str]:
     ax1.legend(fontsize="x-small")
     p = result.percentiles
     for tier in result.tiers:
-        name = f"{tier}.read" if f"{tier}.read" in set(p["histogram"]) else None
-        if name is None:
+        name = mn.tier_op(tier, "read")
+        if name not in set(p["histogram"]):
             continue
         rows = p[(p["histogram"] == name) & (p["rank"] != "all")]
         ax2.plot(rows["rank"].astype(int), rows["p99_ms"], marker="o", label=f"{tier} read p99")

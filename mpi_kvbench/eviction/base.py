@@ -1,8 +1,10 @@
 """The eviction-policy interface: a policy keeps its own ordering and only nominates victims.
 
 The hierarchy tells the policy what was inserted, touched and removed, and asks it for
-victims; it never hands the policy its index. ``now`` is trace time, never wall-clock
-time, so a replay is identical from run to run.
+victims; it never hands the policy its index. ``now`` is trace time (the nominal arrival
+of the request being served, in seconds), never wall-clock time, so a replay is
+identical from run to run. A policy gets its validated ``Params`` (config section
+``engine.policy_params``) when it is built, like tiers and workloads.
 """
 
 from __future__ import annotations
