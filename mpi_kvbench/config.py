@@ -86,9 +86,13 @@ class EngineSection:
     high_watermark: float
     low_watermark: float
     prefill_groups: int
+    max_batch: int
+    scheduling: str
 
     def check(self) -> None:
         choice(self, "engine", "decode_mode", ("end", "reference"))
+        positive(self, "engine", ("max_batch",))
+        choice(self, "engine", "scheduling", ("fifo", "priority"))
         non_negative(self, "engine", ("prefill_groups",))
         choice(self, "engine", "promotion", ("none", "hbm"))
         positive(self, "engine", ("decode_batch",))

@@ -45,7 +45,8 @@ def engine_settings(cfg: Config) -> EngineSettings:
         geometry=cfg.geometry, decode_mode=e.decode_mode, decode_batch=e.decode_batch,
         promotion=e.promotion, prefill_tokens_per_s=e.prefill_tokens_per_s,
         time_per_output_token_ms=e.time_per_output_token_ms, high_watermark=e.high_watermark,
-        low_watermark=e.low_watermark, io_depth=io.io_depth, payload=io.payload, verify=io.verify)
+        low_watermark=e.low_watermark, io_depth=io.io_depth, payload=io.payload, verify=io.verify,
+        max_batch=e.max_batch, scheduling=e.scheduling)
 
 
 def policy_factory(cfg: Config):
@@ -270,7 +271,8 @@ def facts(run: Run) -> RunFacts:
         config_yaml=cfg.text, seed=cfg.run.seed, start_time=run.started.isoformat(),
         tensor_parallel=ctx.tp_size, replicas=ctx.replicas, nodes=ctx.nodes,
         model=cfg.model.name, bytes_per_token_per_rank=cfg.model.bytes_per_token_per_rank(ctx.tp_size),
-        object_bytes=cfg.geometry.object_bytes,
+        object_bytes=cfg.geometry.object_bytes, chunk_tokens=cfg.geometry.chunk_tokens,
+        objects_per_chunk=cfg.geometry.objects_per_chunk,
         mla_mode=cfg.kv.mla_mode if cfg.model.kind == "mla" else None, layout=cfg.kv.layout,
         workload=cfg.workload_kind, workload_info=run.workload.info(), payload_mode=cfg.io.payload,
         tiers=[t.level for t in run.tiers], calibration=list(run.calibration or []),

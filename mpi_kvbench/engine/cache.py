@@ -25,7 +25,6 @@ from mpi_kvbench.eviction.base import EvictionPolicy
 class Entry:
     level: int
     slot: int
-    checksum: int = 0
 
 
 @dataclass

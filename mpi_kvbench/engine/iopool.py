@@ -1,16 +1,18 @@
-"""The I/O pool: ``io_depth`` threads carry out a stage of operations and time each one.
+"""The I/O pool: ``io_depth`` threads carry out operations and time each one.
 
 Each operation is timed in the thread that does it, around the tier call alone, with
 ``perf_counter_ns``; the tier calls release the GIL (preadv/pwritev, numpy and torch
-copies), so the threads overlap on the device. Metrics are recorded afterwards by the
-engine's thread, so no histogram is ever shared between threads.
+copies), so the threads overlap on the device. ``submit`` hands an operation to the
+threads and reports its ``Done`` (or its exception) through a callback; ``run`` carries
+out a batch and waits. Metrics are recorded afterwards by the engine's thread, so no
+histogram is ever shared between threads.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -21,7 +23,7 @@ from mpi_kvbench.tiers.base import Tier
 READ, WRITE, MOVE = 0, 1, 2
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)    # identity: the engine tracks each planned op
 class Op:
     kind: int            # READ, WRITE or MOVE (read src, then write dst)
     key: int
@@ -62,6 +64,12 @@ class IOPool:
         if not ops:
             return []
         return list(self._pool.map(self._do, ops))
+
+    def submit(self, op: Op, report: Callable[[Op, Done | BaseException], None]) -> None:
+        """Starts ``op`` when a thread is free; ``report`` gets its Done or its exception
+        (on the I/O thread: it should only hand them over)."""
+        future = self._pool.submit(self._do, op)
+        future.add_done_callback(lambda f: report(op, f.exception() or f.result()))
 
     def _buffer(self):
         buf = getattr(self._local, "buf", None)

@@ -51,6 +51,7 @@ class Recorder:
         self.metrics = Metrics()
         self.log = RequestLog()
         self.start_ns = start_ns
+        self._spans: dict[str, list[tuple[int, int]]] = {}   # I/O intervals not yet settled
 
     def second(self, t_ns: int) -> float:
         """Phase time of a clock reading, for the 1-second series."""
@@ -115,9 +116,10 @@ class Recorder:
         self.metrics.add(names.tier_counter(self.tiers[level], "writes_left_to_writer"))
 
     def stage(self, ops: Sequence[Op], results: Sequence[Done], phase: str) -> None:
-        """Every figure of one stage of timed operations, and each tier's busy time."""
+        """Every figure of one stage of timed operations; its I/O intervals count toward
+        each tier's busy time (see ``settle_busy``)."""
         m, tiers = self.metrics, self.tiers
-        span: dict[str, list[tuple[int, int]]] = {}
+        span = self._spans
         for op, d in zip(ops, results, strict=True):
             t = self.second(d.end)
             if op.kind in (READ, MOVE):
@@ -135,8 +137,28 @@ class Recorder:
                 m.record(names.move(family, tiers[op.src]), d.end - d.start)
                 m.add(f"{family}s")
                 m.add(f"{family}_bytes", d.write_bytes)
-        for tier, intervals in span.items():
-            m.add(names.tier_counter(tier, "busy_ns"), busy_ns(intervals))
+
+    def unsettled(self) -> int:
+        return sum(len(v) for v in self._spans.values())
+
+    def settle_busy(self, before_ns: int | None = None) -> None:
+        """Adds to each tier's busy time the union of its I/O intervals that end before
+        ``before_ns`` (all when None). Requests overlap, so the union is taken over every
+        stage: an interval can only meet a later one if it ends after the earliest start
+        still to come, which the caller passes as ``before_ns``."""
+        for tier, spans in self._spans.items():
+            if not spans:
+                continue
+            merged: list[tuple[int, int]] = []
+            for a, b in sorted(spans):
+                if merged and a <= merged[-1][1]:
+                    merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+                else:
+                    merged.append((a, b))
+            done = [iv for iv in merged if before_ns is None or iv[1] < before_ns]
+            self._spans[tier] = [iv for iv in merged if before_ns is not None and iv[1] >= before_ns]
+            if done:
+                self.metrics.add(names.tier_counter(tier, "busy_ns"), busy_ns(done))
 
     def _io(self, tier: str, op: str, phase: str, ns: int, nbytes: int, t: float) -> None:
         m = self.metrics

@@ -1,10 +1,21 @@
-"""The per-rank engine: serves requests in trace order against this rank's tiers.
+"""The per-rank engine: serves requests against this rank's tiers, many at once.
 
-A TP group serves its requests one at a time, first come first served, each request's
-chunk I/O running ``io_depth`` deep. Planning (lookups, placement, eviction) is done in
-trace order before any I/O, so the same trace gives the same operations on every run;
-a request's latency is measured from its intended arrival, so a device that cannot keep
-up shows queueing instead of hiding it (no coordinated omission).
+Like a GPU running vLLM or SGLang (continuous batching), a TP group keeps up to
+``max_batch`` requests in flight, admitting the next as one finishes; their chunk I/O
+shares the rank's ``io_depth`` threads. What makes the figures trustworthy:
+
+* Planning (lookups, placement, eviction) happens when a request is admitted, for the
+  whole request, in admission order. With ``fifo`` scheduling requests are admitted in
+  trace order, so the same seed, config and world size give the same operations on
+  every run, whatever the device's timing. (``priority`` admits the most urgent request
+  that has arrived, so its order, like a real server's, depends on timing.)
+* Operations run in plan order per slot: an operation that writes a slot waits until
+  every earlier-planned operation on that slot is done, and one that reads it waits for
+  the earlier-planned write. So no demotion, eviction or slot reuse planned for a later
+  request can overwrite data an earlier one still has to read, and a read never sees a
+  slot before the write it was planned after (verify mode stays at zero mismatches).
+* A request's latency is measured from its intended arrival, so a device that cannot
+  keep up shows queueing instead of hiding it (no coordinated omission).
 
 Per request:
   prefill  look up the prompt's chunk chain; the longest prefix held anywhere is a hit.
@@ -23,13 +34,16 @@ that leaves a shared tier to its group's writer) is given at construction.
 from __future__ import annotations
 
 import enum
+import heapq
+import queue
 import resource
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mpi_kvbench.engine.cache import Hierarchy, Move, Plan, watermark_levels
-from mpi_kvbench.engine.iopool import MOVE, READ, WRITE, IOPool, Op
+from mpi_kvbench.engine.iopool import MOVE, READ, WRITE, Done, IOPool, Op
 from mpi_kvbench.engine.payload import PayloadSource
 from mpi_kvbench.engine.record import Recorder
 from mpi_kvbench.eviction.base import EvictionPolicy
@@ -38,6 +52,11 @@ from mpi_kvbench.metrics import Metrics
 from mpi_kvbench.results import names
 from mpi_kvbench.tiers.base import Tier
 from mpi_kvbench.workloads.base import Request
+from mpi_kvbench.workloads.qos import QOS_CLASSES
+
+SCHEDULING = ("fifo", "priority")
+MAX_ARRIVED = 4096           # due requests held for admission (what priority chooses among)
+SETTLE_SPANS = 4096          # I/O intervals kept before their busy time is added up
 
 
 @dataclass(frozen=True)
@@ -55,6 +74,8 @@ class EngineSettings:
     io_depth: int
     payload: str                     # "fresh" or "reuse"
     verify: bool
+    max_batch: int                   # requests in flight per rank
+    scheduling: str                  # "fifo" or "priority"
 
 
 class StopReason(enum.Enum):
@@ -66,16 +87,47 @@ class StopReason(enum.Enum):
 
 
 #: Called when a prefill-only request is done: the request, the (key, slot, checksum)
-#: of its chunks on the write level, its intended arrival and its storage time (ns).
+#: of its chunks on the write level, its intended arrival and its prefill I/O time (ns).
 OnPrefilled = Callable[[Request, list[tuple[int, int, int]], int, int], None]
 
-_HandOff = tuple[int, int, int]
+_Slot = tuple[int, int]          # (tier index in the pool, slot)
 
 
 def cpu_s() -> float:
     """CPU seconds of the whole process so far (every thread)."""
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
+
+
+@dataclass
+class Stage:
+    """One step of a request: a set of concurrent operations, a simulated compute
+    time, or a mark (the end of prefill)."""
+
+    kind: str                        # "io", "sleep" or "prefilled"
+    phase: str = ""                  # io: the phase its figures are recorded under
+    ops: list[Op] = field(default_factory=list)
+    in_prefill: bool = False         # io: counts toward the request's prefill I/O time
+    sleep_ns: int = 0
+
+
+@dataclass
+class Flight:
+    """A request in flight and how far it got."""
+
+    req: Request
+    intended: int
+    start: int
+    stages: deque[Stage]
+    keys: list[int]                  # the prompt's object keys
+    stage: Stage | None = None
+    stage_start: int = 0
+    results: list[tuple[Op, Done]] = field(default_factory=list)   # of the stage's ops, as done
+    outstanding: int = 0             # the stage's ops submitted and not yet done
+    parked: int = 0                  # the stage's ops waiting for earlier-planned ones
+    prefill_io_ns: int = 0
+    abandoned: bool = False
+    retired: bool = False
 
 
 class Engine:
@@ -111,6 +163,21 @@ class Engine:
         self._phase0 = (cpu_s(), 0.0, 0, 0)
         self.completed = 0
         self.peak_used = [0] * len(self.tiers)
+        # requests in flight and the operations they planned
+        self._flights: list[Flight] = []
+        self._users: set[int] = set()                        # users with a request in flight
+        self._events: queue.SimpleQueue = queue.SimpleQueue()  # (op, Done | exception)
+        self._owner: dict[Op, tuple[Flight, int]] = {}        # submitted op -> its flight, index
+        self._access: dict[_Slot, list[tuple[Op, bool]]] = {}  # slot -> planned (op, writes) in order
+        self._parked: dict[_Slot, list[Op]] = {}             # slot -> ops waiting on it
+        self._waiting: dict[Op, tuple[Flight, int]] = {}     # parked op -> its flight, index
+        self._crc: dict[_Slot, int] = {}                     # checksum of what a slot holds
+        self._timers: list[tuple[int, int, Flight]] = []     # (wake ns, tie, flight)
+        self._tick = 0
+        self._inflight_since = time.perf_counter_ns()
+        self._trace_start: int | None = None     # where trace time 0 is (the first phase)
+        self._arrived: list[Request] = []        # due but not admitted when a phase ended
+        self._head: Request | None = None        # taken from the trace, not yet due
 
     @property
     def metrics(self) -> Metrics:
@@ -119,16 +186,21 @@ class Engine:
 
     # -- phases -----------------------------------------------------------------------
     def start_phase(self, start_ns: int) -> None:
-        """Starts a fresh measurement (after set-up or warm-up) at the agreed ``start_ns``."""
+        """Starts a fresh measurement (after set-up or warm-up) at the agreed ``start_ns``.
+        The trace goes on where the warm-up left it: its clock keeps the first phase's
+        start, users keep their last completion, and requests taken but not served come
+        first, so the measured phase neither idles nor skips a turn."""
         self.recorder.start_phase(start_ns)
-        self._user_done_ns.clear()
+        if self._trace_start is None:
+            self._trace_start = start_ns
         self.completed = 0
+        self._inflight_since = start_ns
         p = self.payload
         self._phase0 = (cpu_s(), p.generator_cpu_s, p.generated_bytes, p.stalls)
 
     def end_phase(self) -> None:
-        """Records what the phase cost: process and payload CPU, payload stalls, and the
-        peak bytes each tier held."""
+        """Records what the phase cost: process and payload CPU, payload stalls, the peak
+        bytes each tier held, and how busy the batch was."""
         cpu0, gen0, bytes0, stalls0 = self._phase0
         p, r = self.payload, self.recorder
         r.count("cpu.process_us", int((cpu_s() - cpu0) * 1e6))
@@ -137,24 +209,82 @@ class Engine:
         r.count("payload.stalls", p.stalls - stalls0)
         for name, peak in zip(self.names, self.peak_used, strict=True):
             r.count(names.tier_counter(name, "peak_used_bytes"), peak)
+        self._occupancy(time.perf_counter_ns())
+        r.settle_busy()
 
     def replay(self, requests: Iterator[Request], deadline_ns: int | None = None,
                max_requests: int = 0, stop: Callable[[], object] = lambda: None,
                progress: Callable[[Engine], None] | None = None) -> StopReason:
-        """Serves requests until a limit, and says which limit."""
+        """Serves requests, up to ``max_batch`` at once, until a limit; says which. The
+        requests in flight when it is reached finish (on a stop they are abandoned).
+
+        Requests are taken from the trace in order; one is due at its intended arrival,
+        and a closed-loop user's next turn only once its previous turn is done. Due
+        requests wait in ``arrived`` until a batch slot is free."""
         self._stop = stop
-        for req in requests:
-            if max_requests and self.completed >= max_requests:
-                return StopReason.SHARE
-            if deadline_ns is not None and time.perf_counter_ns() >= deadline_ns:
-                return StopReason.DEADLINE
-            if stop():
-                return StopReason.STOPPED
-            if not self.serve(req, deadline_ns):
-                return StopReason.STOPPED if stop() else StopReason.DEADLINE
-            if progress is not None:
+        source = iter(requests)
+        arrived = self._arrived            # due, not yet admitted, in trace order
+        head, self._head = self._head, None   # the next request of the trace, not yet due
+        admitted, why, exhausted = 0, None, False
+        while True:
+            now = time.perf_counter_ns()
+            if why is None and stop():
+                why = StopReason.STOPPED
+                self._abandon()
+            if why is None and deadline_ns is not None and now >= deadline_ns:
+                why = StopReason.DEADLINE
+            wake = None
+            while why is None and len(arrived) < MAX_ARRIVED:
+                if head is None and not exhausted:
+                    head = next(source, None)
+                    exhausted = head is None
+                if head is None or head.user in self._users:
+                    break
+                wake = self._intended_ns(head)
+                if wake > now or (deadline_ns is not None and wake >= deadline_ns):
+                    break
+                arrived.append(head)
+                head, wake = None, None
+            while why is None and arrived and len(self._flights) < self.s.max_batch \
+                    and not (max_requests and admitted >= max_requests):
+                self._admit(arrived.pop(self._pick(arrived)))
+                admitted += 1
+            if why is None and not arrived and not self._flights:
+                if (max_requests and admitted >= max_requests) or (exhausted and head is None):
+                    why = StopReason.SHARE
+                elif deadline_ns is not None and wake is not None and wake >= deadline_ns:
+                    why = StopReason.DEADLINE
+            elif why is None and max_requests and admitted >= max_requests:
+                why = StopReason.SHARE
+            if why is not None and not self._flights:
+                if why is StopReason.DEADLINE:
+                    self._wait_until(deadline_ns)   # the window is the whole duration
+                self._head = head                   # the next phase starts with them
+                return why
+            if wake is not None and deadline_ns is not None:
+                wake = min(wake, deadline_ns)
+            if self._step(wake) and progress is not None:
                 progress(self)
-        return StopReason.SHARE
+
+    def _pick(self, arrived: list[Request]) -> int:
+        """Which arrived request to admit: the first, or with ``priority`` the first of the
+        most urgent QoS class."""
+        if self.s.scheduling == "fifo":
+            return 0
+        return min(range(len(arrived)), key=lambda i: (QOS_CLASSES.index(arrived[i].qos), i))
+
+    def serve(self, req: Request, deadline_ns: int | None = None) -> bool:
+        """Serves one request to its end; False when its intended arrival falls after the
+        deadline or a stop came while it waited for it."""
+        intended = self._intended_ns(req)
+        if deadline_ns is not None and intended >= deadline_ns:
+            self._wait_until(deadline_ns)
+            return False
+        if not self._wait_until(intended):
+            return False
+        self._admit(req)
+        self._drain()
+        return True
 
     def precondition(self, share: float, batch: int = 64) -> int:
         """Fills the storage tier to ``share`` of its slots with objects no request will
@@ -169,50 +299,14 @@ class Engine:
             n = min(batch, target - self.cache.levels[level].used)
             keys = [(1 << 64) + self._seq + i for i in range(n)]
             plan = self.cache.place(keys, pinned=set(), level=level)
-            self._stage(self._write_ops(plan), "precondition")
+            self._run_now(Stage("io", "precondition", self._write_ops(plan)))
             written += len(plan.placements)
             if not plan.placements:
                 break
         return written
 
-    # -- one request --------------------------------------------------------------------
-    def serve(self, req: Request, deadline_ns: int | None = None) -> bool:
-        """Serves one request; False when its intended arrival falls after the deadline."""
-        intended = self._intended_ns(req)
-        if deadline_ns is not None and intended >= deadline_ns:
-            self._wait_until(deadline_ns)   # the window is the whole duration, idle end included
-            return False
-        if not self._wait_until(intended):
-            return False
-        start = time.perf_counter_ns()
-        self.cache.now = req.arrival_s
-        keys, storage_ns = self._prefill(req)
-        self.recorder.prefill_done(intended, start, time.perf_counter_ns())
-        if self.on_prefilled is not None:
-            held = self._held_at(keys, self.write_level)
-            self.on_prefilled(req, held, intended, storage_ns)
-            self.recorder.handed_off(len(held))
-            self.completed += 1
-            return True
-        self._decode(req, keys)
-        self._finish(req, intended, storage_ns, start - intended)
-        return True
-
-    def _held_at(self, keys: list[int], level: int) -> list[_HandOff]:
-        index = self.cache.index
-        return [(k, e.slot, e.checksum) for k in keys
-                if (e := index.get(k)) is not None and e.level == level]
-
-    def _wait_until(self, t_ns: int) -> bool:
-        """Sleeps until ``t_ns`` in short slices, so a stop request is seen; False if stopped."""
-        while (now := time.perf_counter_ns()) < t_ns:
-            if self._stop():
-                return False
-            time.sleep(min(0.2, (t_ns - now) / 1e9))
-        return True
-
-    def serve_handoff(self, req: Request, source: int, chunks: list[_HandOff], intended: int,
-                      prefill_storage_ns: int, written_ns: int) -> None:
+    def serve_handoff(self, req: Request, source: int, chunks: list[tuple[int, int, int]],
+                      intended: int, prefill_io_ns: int, written_ns: int) -> None:
         """Decode side of disaggregated serving: reads the ``chunks`` (key, slot, checksum)
         a prefill rank wrote from ``sources[source]`` (its file), loads them into this
         rank's own tiers, decodes, and writes the new chunks. ``written_ns`` (this
@@ -221,17 +315,28 @@ class Engine:
         waited = time.perf_counter_ns() - written_ns
         self.cache.now = req.arrival_s
         keys = [k for k, _, _ in chunks]
-        self._stage([Op(READ, k, src, slot, crc=c) for k, slot, c in chunks], "handoff")
+        self._run_now(Stage("io", "handoff", [Op(READ, k, src, slot, crc=c) for k, slot, c in chunks]))
         self.recorder.handoff_read(written_ns, len(chunks))
         plan = self.cache.place([k for k in keys if k not in self.cache], pinned=set(keys))
-        self._demote(plan)
-        self._stage(self._write_ops(plan), "handoff")
-        self._decode(req, keys)
-        self._finish(req, intended, prefill_storage_ns, waited)
+        stages = [*self._demotions(plan), Stage("io", "handoff", self._write_ops(plan)),
+                  *self._plan_decode(req, keys), Stage("end")]
+        flight = Flight(req, intended, time.perf_counter_ns() - waited, deque(stages), keys,
+                        prefill_io_ns=prefill_io_ns)
+        self._launch(flight)
+        self._drain()
 
-    def _prefill(self, req: Request) -> tuple[list[int], int]:
-        """Looks up the chain, reads the hits, writes the missing chunks; returns the
-        prompt's object keys and the time its chunk I/O took, on every tier (ns)."""
+    # -- planning (admission order) -------------------------------------------------------
+    def _admit(self, req: Request) -> None:
+        """Plans the whole request now, in admission order, and starts it."""
+        start = time.perf_counter_ns()
+        intended = self._intended_ns(req)
+        self.cache.now = req.arrival_s
+        keys, stages = self._plan_prefill(req)
+        if self.on_prefilled is None:
+            stages += [*self._plan_decode(req, keys), Stage("end")]
+        self._launch(Flight(req, intended, start, deque(stages), keys))
+
+    def _plan_prefill(self, req: Request) -> tuple[list[int], list[Stage]]:
         s, geo = self.s, self.s.geometry
         chunks = chunk_keys(req.segments, geo.chunk_tokens)
         keys = geo.object_keys(chunks)
@@ -239,99 +344,292 @@ class Engine:
         self.recorder.lookups(len(chunks), [e.level for _, e in hits])
         promote = [k for k, e in hits if e.level > 0] if s.promotion == "hbm" else []
         promoted = set(promote)
-        reads = [Op(READ, k, e.level, e.slot, crc=e.checksum) for k, e in hits if k not in promoted]
+        reads = [Op(READ, k, e.level, e.slot) for k, e in hits if k not in promoted]
         new = [k for k in keys[len(hits):] if k not in self.cache]
         plan = self.cache.place(new, pinned={k for k, _ in hits}, promote=promote,
                                 level=self.write_level)
-        io_ns = self._demote(plan)
-        reads += [self._move_op(mv) for mv in plan.promotions]
-        io_ns += self._stage(reads, "prefill")
+        stages = self._demotions(plan, in_prefill=True)
+        stages.append(Stage("io", "prefill", reads + [self._move_op(mv) for mv in plan.promotions],
+                            in_prefill=True))
         hit_tokens = len(hits) // geo.objects_per_chunk * geo.chunk_tokens
         if s.prefill_tokens_per_s > 0:
-            time.sleep((req.prompt_tokens - hit_tokens) / s.prefill_tokens_per_s)
-        io_ns += self._stage(self._write_ops(plan), "prefill")
-        return keys, io_ns
+            stages.append(Stage("sleep", sleep_ns=int(
+                (req.prompt_tokens - hit_tokens) / s.prefill_tokens_per_s * 1e9)))
+        stages += [Stage("io", "prefill", self._write_ops(plan), in_prefill=True), Stage("prefilled")]
+        return keys, stages
 
-    def _decode(self, req: Request, keys: list[int]) -> None:
-        """Generates the output (simulated), then writes the new full chunks."""
+    def _plan_decode(self, req: Request, keys: list[int]) -> list[Stage]:
         s, geo = self.s, self.s.geometry
+        stages = []
         if s.decode_mode == "reference":
             for _ in range(req.output_tokens // s.decode_batch):
                 held = self.cache.lookup(keys)
-                self._stage([Op(READ, k, e.level, e.slot, crc=e.checksum) for k, e in held],
-                            "decode")
+                stages.append(Stage("io", "decode", [Op(READ, k, e.level, e.slot) for k, e in held]))
         if s.time_per_output_token_ms > 0:
-            time.sleep(req.output_tokens * s.time_per_output_token_ms / 1e3)
+            stages.append(Stage("sleep", sleep_ns=int(req.output_tokens * s.time_per_output_token_ms
+                                                      * 1e6)))
         after = geo.object_keys(chunk_keys(req.context_after(), geo.chunk_tokens))
         new = [k for k in after if k not in self.cache]
-        held = {k for k in after if k in self.cache}
-        plan = self.cache.place(new, pinned=held)
-        self._demote(plan)
-        self._stage(self._write_ops(plan), "decode")
+        plan = self.cache.place(new, pinned={k for k in after if k in self.cache})
+        return [*stages, *self._demotions(plan), Stage("io", "decode", self._write_ops(plan))]
 
-    def _finish(self, req: Request, intended: int, storage_ns: int, queue_ns: int) -> None:
-        done = time.perf_counter_ns()
-        self._user_done_ns[req.user] = done
-        self.completed += 1
-        self.recorder.request_done(req, intended, done, storage_ns, queue_ns)
+    def _demotions(self, plan: Plan, in_prefill: bool = False) -> list[Stage]:
+        """The plan's demotion stages (deepest tier first); drops need no I/O."""
+        self.peak_used = [max(a, b) for a, b in zip(self.peak_used, self.cache.used_bytes(),
+                                                      strict=True)]
+        stages = []
+        for moves in plan.stages:
+            ops = []
+            for mv in moves:
+                if mv.dst_level is None:
+                    self.recorder.dropped(mv.src_level)
+                elif mv.dst_level in self._readers:
+                    self.recorder.left_to_writer(mv.dst_level)
+                else:
+                    ops.append(self._move_op(mv))
+            stages.append(Stage("io", "demote", ops, in_prefill=in_prefill))
+        return stages
 
-    def _intended_ns(self, req: Request) -> int:
-        if req.think_s is not None and req.user in self._user_done_ns:
-            return self._user_done_ns[req.user] + int(req.think_s * 1e9)
-        return self.recorder.start_ns + int(req.arrival_s * 1e9)
-
-    # -- carrying out plans --------------------------------------------------------------
     def _move_op(self, mv: Move) -> Op:
-        entry = self.cache.index[mv.key]
-        return Op(MOVE, mv.key, mv.src_level, mv.src_slot, mv.dst_level, mv.dst_slot,
-                  crc=entry.checksum)
+        return Op(MOVE, mv.key, mv.src_level, mv.src_slot, mv.dst_level, mv.dst_slot)
 
     def _write_ops(self, plan: Plan) -> list[Op]:
         ops = []
         for p in plan.placements:
-            if p.level in self._readers:
-                self._leave_to_writer(p.key, p.level)
+            if p.level in self._readers:      # another rank of the group writes it (one_writer)
+                self.recorder.left_to_writer(p.level)
                 continue
             self._seq += 1
             ops.append(Op(WRITE, p.key, dst=p.level, dst_slot=p.slot, seq=self._seq))
         return ops
 
-    def _leave_to_writer(self, key: int, level: int) -> None:
-        """Another rank of the group writes this object of a shared tier (one_writer). Its
-        bytes are the writer's, so this rank cannot verify them (checksum -1)."""
-        self.cache.index[key].checksum = -1
-        self.recorder.left_to_writer(level)
+    def _intended_ns(self, req: Request) -> int:
+        if req.think_s is not None and req.user in self._user_done_ns:
+            return self._user_done_ns[req.user] + int(req.think_s * 1e9)
+        start = self.recorder.start_ns if self._trace_start is None else self._trace_start
+        return start + int(req.arrival_s * 1e9)
 
-    def _demote(self, plan: Plan) -> int:
-        """Runs the plan's demotion stages (deepest tier first); drops need no I/O."""
-        self.peak_used = [max(a, b) for a, b in zip(self.peak_used, self.cache.used_bytes(),
-                                                      strict=True)]
-        total = 0
-        for stage in plan.stages:
-            ops = []
-            for mv in stage:
-                if mv.dst_level is None:
-                    self.recorder.dropped(mv.src_level)
-                elif mv.dst_level in self._readers:
-                    self._leave_to_writer(mv.key, mv.dst_level)
+    # -- carrying out plans ----------------------------------------------------------------
+    def _launch(self, flight: Flight) -> None:
+        """Registers every planned slot access of the flight, in plan order, and starts it."""
+        for stage in flight.stages:
+            for op in stage.ops:
+                for slot, writes in self._slots_of(op):
+                    self._access.setdefault(slot, []).append((op, writes))
+        self._occupancy(time.perf_counter_ns())
+        self._flights.append(flight)
+        peak = self.metrics.counters.get("batch.max_inflight", 0)
+        if len(self._flights) > peak:
+            self.recorder.count("batch.max_inflight", len(self._flights) - peak)
+        self._users.add(flight.req.user)
+        self._advance(flight)
+
+    @staticmethod
+    def _slots_of(op: Op) -> list[tuple[_Slot, bool]]:
+        out = []
+        if op.kind in (READ, MOVE):
+            out.append(((op.src, op.src_slot), False))
+        if op.kind in (WRITE, MOVE):
+            out.append(((op.dst, op.dst_slot), True))
+        return out
+
+    def _runnable(self, op: Op) -> bool:
+        """Every earlier-planned access that conflicts with ``op`` on its slots is done."""
+        for slot, writes in self._slots_of(op):
+            for other, other_writes in self._access[slot]:
+                if other is op:
+                    break
+                if writes or other_writes:
+                    return False
+        return True
+
+    def _advance(self, flight: Flight) -> None:
+        """Starts the flight's next stages until one has to wait (I/O or a timer)."""
+        while not flight.abandoned and flight.stages:
+            stage = flight.stages.popleft()
+            now = time.perf_counter_ns()
+            if stage.kind == "sleep":
+                self._tick += 1
+                heapq.heappush(self._timers, (now + stage.sleep_ns, self._tick, flight))
+                flight.stage = stage
+                return
+            if stage.kind == "prefilled":
+                self.recorder.prefill_done(flight.intended, flight.start, now)
+                if self.on_prefilled is not None:
+                    held = self._held_at(flight.keys, self.write_level)
+                    self.on_prefilled(flight.req, held, flight.intended, flight.prefill_io_ns)
+                    self.recorder.handed_off(len(held))
+                    self._finish(flight, now, record=False)
+                    return
+                continue
+            if stage.kind == "end":
+                self._finish(flight, now, record=True)
+                return
+            if not stage.ops:
+                continue
+            flight.stage, flight.stage_start, flight.results = stage, now, []
+            for op in stage.ops:
+                if self._runnable(op):
+                    self._submit(op, flight)
                 else:
-                    ops.append(self._move_op(mv))
-            total += self._stage(ops, "demote")
-        return total
+                    self._waiting[op] = flight
+                    flight.parked += 1
+                    for slot, _ in self._slots_of(op):
+                        self._parked.setdefault(slot, []).append(op)
+            return
+        if flight.abandoned and flight.stage is None and not flight.retired:
+            self._retire(flight)
 
-    def _stage(self, ops: list[Op], phase: str) -> int:
-        """Runs ops concurrently, records every figure, returns the stage's wall time (ns)."""
-        if not ops:
-            return 0
-        t0 = time.perf_counter_ns()
-        results = self.pool.run(ops)
-        wall = time.perf_counter_ns() - t0
-        self.recorder.stage(ops, results, phase)
+    def _submit(self, op: Op, flight: Flight) -> None:
+        if 0 <= op.src < len(self.tiers):   # what verify checks the read against
+            op.crc = -1 if op.src in self._readers else self._crc.get((op.src, op.src_slot), 0)
+        self._owner[op] = flight
+        flight.outstanding += 1
+        self.pool.submit(op, lambda o, r: self._events.put((o, r)))
+
+    def _step(self, wake_ns: int | None) -> bool:
+        """Waits for the next completion, timer or ``wake_ns`` (at most 0.2 s, so a stop is
+        seen) and handles everything that is ready; True when a request finished."""
+        before = self.completed
+        now = time.perf_counter_ns()
+        until = now + 200_000_000
+        if self._timers:
+            until = min(until, self._timers[0][0])
+        if wake_ns is not None:
+            until = min(until, wake_ns)
+        try:
+            events = [self._events.get(timeout=max(0.0, (until - now) / 1e9))]
+        except queue.Empty:
+            events = []
+        while True:
+            try:
+                events.append(self._events.get_nowait())
+            except queue.Empty:
+                break
+        for op, result in events:
+            self._completed(op, result)
+        now = time.perf_counter_ns()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, flight = heapq.heappop(self._timers)
+            if not flight.retired:
+                flight.stage = None
+                self._advance(flight)
+        return self.completed > before
+
+    def _completed(self, op: Op, result: Done | BaseException) -> None:
+        if isinstance(result, BaseException):
+            raise result
+        flight = self._owner.pop(op)
+        for slot, writes in self._slots_of(op):
+            accesses = self._access[slot]
+            accesses.remove((op, writes))
+            if not accesses:
+                del self._access[slot]
+            if writes:
+                self._crc[slot] = result.crc
+        for slot, _ in self._slots_of(op):
+            for other in list(self._parked.get(slot, ())):
+                if other in self._waiting and self._runnable(other):
+                    self._unpark(other)
+                    waiting = self._waiting.pop(other)
+                    waiting.parked -= 1
+                    self._submit(other, waiting)
+        flight.outstanding -= 1
+        flight.results.append((op, result))
+        if flight.outstanding == 0 and flight.parked == 0:
+            stage = flight.stage
+            ops, results = [o for o, _ in flight.results], [d for _, d in flight.results]
+            if stage.in_prefill:
+                flight.prefill_io_ns += max(d.end for d in results) - flight.stage_start
+            self.recorder.stage(ops, results, stage.phase)
+            flight.stage = None
+            self._advance(flight)
+            if self.recorder.unsettled() > SETTLE_SPANS:
+                self.recorder.settle_busy(min((f.stage_start for f in self._flights if f.stage),
+                                              default=time.perf_counter_ns()))
+
+    def _unpark(self, op: Op) -> None:
+        for slot, _ in self._slots_of(op):
+            parked = self._parked[slot]
+            parked.remove(op)
+            if not parked:
+                del self._parked[slot]
+
+    def _finish(self, flight: Flight, now: int, record: bool) -> None:
+        req = flight.req
+        self._user_done_ns[req.user] = now
+        self.completed += 1
+        if record:
+            self.recorder.request_done(req, flight.intended, now, flight.prefill_io_ns,
+                                       flight.start - flight.intended)
+        self._retire(flight)
+
+    def _retire(self, flight: Flight) -> None:
+        self._occupancy(time.perf_counter_ns())
+        flight.retired = True
+        self._flights.remove(flight)
+        self._users.discard(flight.req.user)
+
+    def _abandon(self) -> None:
+        """A stop: no flight starts another stage, and the operations they have not
+        submitted are forgotten (so nothing waits on them); those already running finish."""
+        for flight in list(self._flights):
+            flight.abandoned = True
+            unstarted = [op for st in flight.stages for op in st.ops]
+            unstarted += [op for op, f in self._waiting.items() if f is flight]
+            for op in unstarted:
+                if self._waiting.pop(op, None) is not None:
+                    self._unpark(op)
+                for slot, writes in self._slots_of(op):
+                    accesses = self._access.get(slot, [])
+                    if (op, writes) in accesses:
+                        accesses.remove((op, writes))
+                    if not accesses:
+                        self._access.pop(slot, None)
+            flight.stages.clear()
+            flight.parked = 0
+            if flight.outstanding == 0:
+                flight.stage = None
+                self._retire(flight)
+
+    def _drain(self) -> None:
+        """Handles events until no request is in flight."""
+        while self._flights:
+            self._step(None)
+
+    def _run_now(self, stage: Stage) -> None:
+        """Runs one stage of operations outside any request (preconditioning, handoff reads),
+        after everything planned before it."""
+        if not stage.ops:
+            return
+        flight = Flight(Request(-1, -1, -1, 0.0, None, QOS_CLASSES[-1], (), 0, 0), 0, 0,
+                        deque([stage]), [])
+        for op in stage.ops:
+            for slot, writes in self._slots_of(op):
+                self._access.setdefault(slot, []).append((op, writes))
+        self._advance(flight)
+        while flight.stage is not None:
+            self._step(None)
+
+    def _held_at(self, keys: list[int], level: int) -> list[tuple[int, int, int]]:
         index = self.cache.index
-        for op, d in zip(ops, results, strict=True):   # what verify mode checks a read against
-            if op.kind == WRITE and (entry := index.get(op.key)) is not None:
-                entry.checksum = d.crc
-        return wall
+        return [(k, e.slot, self._crc.get((level, e.slot), 0)) for k in keys
+                if (e := index.get(k)) is not None and e.level == level]
+
+    def _occupancy(self, now: int) -> None:
+        """Adds the requests in flight since the last change times its length (called just
+        before the number changes)."""
+        if now > self._inflight_since:
+            self.recorder.count("batch.inflight_ns", len(self._flights) * (now - self._inflight_since))
+            self._inflight_since = now
+
+    def _wait_until(self, t_ns: int) -> bool:
+        """Sleeps until ``t_ns`` in short slices, so a stop request is seen; False if stopped."""
+        while (now := time.perf_counter_ns()) < t_ns:
+            if self._stop():
+                return False
+            time.sleep(min(0.2, (t_ns - now) / 1e9))
+        return True
 
     def close(self) -> None:   # idempotent
         self.pool.close()

@@ -7,7 +7,10 @@ in flight, summed over ranks (``busy_s`` is the mean busy time of a rank). Figur
 every shard of a TP group shares (requests, hits, tokens) are counted once per group:
 from the group leaders, and requests only when every shard of the group completed them.
 Percentiles come from the merged histograms: pooled over every rank, never a maximum or
-mean of per-rank percentiles.
+mean of per-rank percentiles; a pooled mean is the merged histograms' exact sum over their
+count. Token rates count operations, not bytes (an object is rounded up to 4 KiB): one
+storage operation moves one object, ``chunk_tokens / objects_per_chunk`` tokens' worth of
+KV, counted on the group leaders only because every shard of a group moves the same tokens.
 """
 
 from __future__ import annotations
@@ -20,6 +23,11 @@ from mpi_kvbench import SCHEMA_VERSION, __version__
 from mpi_kvbench.metrics import PERCENTILES, Histogram
 from mpi_kvbench.results import names
 from mpi_kvbench.results.collected import Collected
+
+# Recorded by the engine per rank (plain names, as ``prompt_tokens``): the integral over the
+# measured phase of the requests in flight (request x ns), and the most in flight at once.
+BATCH_INFLIGHT_NS = "batch.inflight_ns"
+BATCH_MAX_INFLIGHT = "batch.max_inflight"
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,8 @@ class RunFacts:
     model: str
     bytes_per_token_per_rank: int
     object_bytes: int
+    chunk_tokens: int                # tokens per chunk (kv.chunk_tokens)
+    objects_per_chunk: int           # model layers with kv.layout "layer", else 1
     mla_mode: str | None             # None: not an MLA model
     layout: str
     workload: str
@@ -55,6 +65,42 @@ def pcts_ms(h: Histogram | None) -> dict[str, float | None]:
     if h is None or h.count == 0:
         return {k: None for k in PERCENTILES}
     return {k: round(h.percentile(q) / 1e6, 4) for k, q in PERCENTILES.items()}
+
+
+def mean_ms(h: Histogram | None) -> float | None:
+    """Exact pooled mean (the merged sum over the count): the bucket midpoints would bias it."""
+    if h is None or h.count == 0:
+        return None
+    return round(h.sum_ns / h.count / 1e6, 4)
+
+
+def _rate(amount: float, window_s: float, digits: int = 2) -> float | None:
+    """``amount`` per second of the window; None when nothing was measured (no window)."""
+    return round(amount / window_s, digits) if window_s > 0 else None
+
+
+def groups(data: Collected) -> list[dict[str, Any]]:
+    """One entry per TP group, in group order, from its leader's counters: a group's requests
+    and batch occupancy are figures the whole group shares, so its leader holds them.
+    Occupancy is None when the engine did not record it (``batch.*`` counters absent)."""
+    occupancy = BATCH_INFLIGHT_NS in data.counter_names
+    peak = BATCH_MAX_INFLIGHT in data.counter_names
+    completed = data.per_rank_counter(names.group("requests_completed"))
+    inflight_ns = data.per_rank_counter(BATCH_INFLIGHT_NS)
+    max_inflight = data.per_rank_counter(BATCH_MAX_INFLIGHT)
+    leaders = sorted((e.get("group", i), i) for i, e in enumerate(data.env) if e.get("tp_rank", 0) == 0)
+    out = []
+    for group, i in leaders:
+        elapsed = int(data.elapsed_ns[i]) if i < data.elapsed_ns.size else 0
+        out.append({
+            "group": group,
+            "leader_rank": data.env[i].get("rank", i),
+            "requests_completed": int(completed[i]),
+            "batch_occupancy_mean": round(int(inflight_ns[i]) / elapsed, 4)
+            if occupancy and elapsed > 0 else None,
+            "batch_occupancy_max": int(max_inflight[i]) if peak else None,
+        })
+    return out
 
 
 def _count(data: Collected, name: str) -> int:
@@ -118,6 +164,7 @@ def summarize(data: Collected, run: RunFacts) -> dict[str, Any]:
             total_bytes += nbytes
             t[f"{op}_bytes"] = nbytes
             t[f"{op}_ops"] = data.counter(names.tier_counter(tier, f"{op}_ops"))
+            t[f"{op}_iops"] = _rate(t[f"{op}_ops"], window_s)
             t[f"{op}_gbps"] = round(nbytes * per_s / 1e9, 4)
             t[f"{op}_gbps_per_rank"] = [round(float(b) / window_s / 1e9, 4) if window_s else None
                                         for b in per_rank(names.tier_counter(tier, f"{op}_bytes"))]
@@ -129,12 +176,16 @@ def summarize(data: Collected, run: RunFacts) -> dict[str, Any]:
         t["chunk_hits"] = int(per_rank(names.tier_counter(tier, "chunk_hits"))[leaders].sum())
         t["tokens_from_cache_per_s"] = round(
             float(per_rank(names.tier_counter(tier, "tokens_hit"))[leaders].sum()) * per_s, 2)
-        t["latency_ms"] = {op: pcts_ms(data.pooled(names.tier_op(tier, op))) for op in names.OPS}
+        pooled = {op: data.pooled(names.tier_op(tier, op)) for op in names.OPS}
+        t["latency_ms"] = {op: {**pcts_ms(h), "mean": mean_ms(h)} for op, h in pooled.items()}
         tiers[tier] = t
 
     lookups = int(per_rank("chunk_lookups")[leaders].sum())
     requests = int(per_rank(names.group("requests_completed"))[leaders].sum())
     storage = tiers.get("storage", {})
+    storage_ops = sum(int(per_rank(names.tier_counter("storage", f"{op}_ops"))[leaders].sum())
+                      for op in names.OPS)
+    tokens_done = sum(int(per_rank(n)[leaders].sum()) for n in ("prompt_tokens", "output_tokens"))
     cpu_s = data.counter("cpu.process_us") / 1e6
     gen_s = data.counter("cpu.generation_us") / 1e6
     summary = {
@@ -165,7 +216,11 @@ def summarize(data: Collected, run: RunFacts) -> dict[str, Any]:
         "potential_caching": potential_caching(data),
         "storage_throughput_gbps": round(
             (storage.get("read_bytes", 0) + storage.get("write_bytes", 0)) * per_s / 1e9, 4),
+        "storage_throughput_tokens_per_s": _rate(
+            storage_ops * run.chunk_tokens / run.objects_per_chunk, window_s),
+        "avg_throughput_tokens_per_s": _rate(tokens_done, window_s),
         "tiers": tiers,
+        "groups": groups(data),
         "demotions": {
             "count": data.counter("demotions"),
             "bytes": data.counter("demotion_bytes"),
@@ -254,6 +309,9 @@ def render(s: dict[str, Any]) -> str:
         v = d.get(key)
         return "-" if v is None else f"{v:.3f}"
 
+    def num(v: float | None) -> str:
+        return "-" if v is None else f"{v:,.0f}"
+
     lines = [
         f"mpi_kvbench {s['tool_version']}  run {s['run_name']}"
         + ("" if s["complete"] else "  (INCOMPLETE)"),
@@ -264,7 +322,9 @@ def render(s: dict[str, Any]) -> str:
         f" ({s['requests_per_s']:.2f}/s), prefix hit ratio "
         + ("-" if s["prefix_hit_ratio"] is None else f"{s['prefix_hit_ratio']:.3f}"),
         f"  storage throughput {s['storage_throughput_gbps']:.3f} GB/s (wall clock),"
-        f" O_DIRECT {s['o_direct']}, HBM emulated {s['hbm_emulated']}",
+        f" {num(s.get('storage_throughput_tokens_per_s'))} tokens/s moved,"
+        f" {num(s.get('avg_throughput_tokens_per_s'))} tokens/s served",
+        f"  O_DIRECT {s['o_direct']}, HBM emulated {s['hbm_emulated']}",
         "",
         f"  {'tier':8} {'read GB/s':>10} {'write GB/s':>10} {'read p50 ms':>12}"
         f" {'read p99 ms':>12} {'write p50 ms':>13} {'write p99 ms':>13}",

@@ -32,6 +32,7 @@ def test_a_stage_counts_bytes_ops_latency_and_busy_time_per_tier() -> None:
     # two overlapping hbm writes [T0, T0+100) and [T0+50, T0+250): busy 250 ns
     results = [done(T0, write_ns=100), done(T0 + 50, write_ns=200), done(T0 + 10, read_ns=1_000)]
     r.stage(ops, results, "prefill")
+    r.settle_busy()
     c, h = r.metrics.counters, r.metrics.hist
     assert c["hbm.write_bytes"] == 2 * OBJ and c["hbm.write_ops"] == 2
     assert c["storage.read_bytes"] == OBJ and c["storage.read_ops"] == 1
@@ -40,6 +41,20 @@ def test_a_stage_counts_bytes_ops_latency_and_busy_time_per_tier() -> None:
     assert h["storage.read.prefill"].max_ns == 1_000
     assert "dram.write_ops" not in c
     assert r.bytes_moved() == 3 * OBJ
+
+
+def test_busy_time_is_one_union_over_overlapping_stages_of_different_requests() -> None:
+    r = recorder()
+    r.stage([Op(READ, 1, src=2, src_slot=0)], [done(T0, read_ns=100)], "prefill")        # [0, 100)
+    r.stage([Op(READ, 2, src=2, src_slot=1)], [done(T0 + 50, read_ns=100)], "decode")    # [50, 150)
+    r.settle_busy(before_ns=T0 + 120)     # an op may still start at 120: [0, 150) is not final
+    assert "storage.busy_ns" not in r.metrics.counters
+    r.stage([Op(READ, 3, src=2, src_slot=2)], [done(T0 + 140, read_ns=60)], "prefill")   # [140, 200)
+    r.settle_busy(before_ns=T0 + 1_000)
+    r.stage([Op(READ, 4, src=2, src_slot=3)], [done(T0 + 2_000, read_ns=10)], "prefill")
+    r.settle_busy()
+    assert r.metrics.counters["storage.busy_ns"] == 200 + 10
+    assert r.unsettled() == 0
 
 
 def test_a_move_is_a_read_and_a_write_and_its_direction_names_it() -> None:
