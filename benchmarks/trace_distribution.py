@@ -39,7 +39,7 @@ def main() -> None:
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     comm.barrier()
     t0 = time.perf_counter()
-    mine = list(replica_requests(workload, ctx, comm))
+    mine = list(replica_requests(workload, ctx, comm, None, 256))
     took = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     rows = comm.gather((len(mine), took, rss0 / 1024, rss / 1024))

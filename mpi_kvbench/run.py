@@ -166,7 +166,7 @@ def _set_up(run: Run) -> None:
                 write_level = [t.level for t in run.tiers].index("storage")
         run.engine = Engine(engine_settings(cfg), run.tiers, policy_factory(cfg),
                             write_level=write_level, sources=run.sources, on_prefilled=run.handoff)
-        run.requests = replica_requests(run.workload, ctx, comm, k or None)
+        run.requests = replica_requests(run.workload, ctx, comm, k or None, cfg.kv.chunk_tokens)
     except Exception as err:   # noqa: BLE001
         exc = err
     agree(comm, exc)

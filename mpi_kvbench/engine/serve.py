@@ -238,8 +238,8 @@ class Engine:
                 if head is None and not exhausted:
                     head = next(source, None)
                     exhausted = head is None
-                if head is None or head.user in self._users:
-                    break
+                if head is None or (head.think_s is not None and head.user in self._users):
+                    break                            # a closed-loop turn waits for the last one
                 wake = self._intended_ns(head)
                 if wake > now or (deadline_ns is not None and wake >= deadline_ns):
                     break

@@ -25,7 +25,7 @@ import numpy as np
 
 from mpi_kvbench.errors import ConfigError
 from mpi_kvbench.workloads.base import Request, Workload
-from mpi_kvbench.workloads.qos import QOS_CLASSES, default_mix, weights
+from mpi_kvbench.workloads.qos import QOS_CLASSES, default_mix, user_classes, weights
 
 # (context tokens, output tokens, think seconds): ranges from DESIGN.md section 9
 TEMPLATES = {
@@ -90,7 +90,7 @@ class SyntheticWorkload(Workload):
     def requests(self, replica: int = 0, replicas: int = 1) -> Iterator[Request]:
         p = self.params
         tnames, tw = weights(p.templates, list(TEMPLATES), "templates")
-        qnames, qw = weights(p.qos_mix, QOS_CLASSES, "qos_mix")
+        classes = user_classes(p.users, p.qos_mix, self.seed)
         rag_p = None
         if p.rag_documents:
             w = (np.arange(1, p.rag_documents + 1, dtype=float) ** -p.rag_zipf_s
@@ -104,8 +104,7 @@ class SyntheticWorkload(Workload):
                 users.append(None)
                 continue
             template = TEMPLATES[tnames[rng.choice(len(tnames), p=tw)]]
-            qos = qnames[rng.choice(len(qnames), p=qw)]
-            users.append({"rng": rng, "t": template, "qos": qos, "turn": p.max_turns,
+            users.append({"rng": rng, "t": template, "qos": classes[u], "turn": p.max_turns,
                           "ctx": (), "session": -1, "n": 0, "i": 0})
             heapq.heappush(heap, (self._gap(rng, template), u))
         while heap:

@@ -16,7 +16,8 @@ Parameters (section ``workload``): ``trace`` (path, required), ``speedup`` (arri
 (t - t0) / speedup), ``replay_cycles``, ``request_rate`` (> 0: Poisson arrivals at that
 rate in trace order instead of the trace's clock; ``speedup`` then has no effect),
 ``max_requests`` (the first N requests in arrival order; each cycle replays those; 0 =
-all) and ``qos_mix`` (each user's class is drawn from it with the run's seed).
+all), ``qos_mix`` (each user's class is drawn from it with the run's seed) and
+``routing`` (which TP group serves which request: ``ROUTINGS``, see routing.py).
 
 Users: a user's number (and session's) is that of its first record in the file,
 counting skipped records, so it points back to the trace. Requests are numbered in
@@ -53,6 +54,9 @@ from mpi_kvbench.errors import ConfigError
 from mpi_kvbench.layout import MASK64
 from mpi_kvbench.workloads.base import Request, Workload
 from mpi_kvbench.workloads.qos import default_mix, parse_mix
+
+#: values of ``workload.routing`` (routing.py implements them); "user" is user % groups
+ROUTINGS = ("user", "round_robin", "prefix")
 
 # first argument of ``mix64`` for identities made from numbers, so kinds never collide
 PROMPT, OUTPUT = 1, 2
@@ -129,6 +133,7 @@ class TraceParams:
     request_rate: float = 0.0
     max_requests: int = 0
     qos_mix: dict = dataclasses.field(default_factory=default_mix)
+    routing: str = "user"
 
     FORMAT = "trace"     # what the messages call the file (a class attribute, not a field)
 
@@ -151,6 +156,9 @@ class TraceParams:
         if self.max_requests < 0:
             raise ConfigError(f"workload.max_requests={self.max_requests}: give 0 (all) or more")
         parse_mix(self.qos_mix)
+        if self.routing not in ROUTINGS:
+            raise ConfigError(f"workload.routing={self.routing!r}: use one of {', '.join(ROUTINGS)}"
+                              " (user: user % groups; prefix: the group holding the longest prefix)")
 
 
 class Record(NamedTuple):
@@ -256,7 +264,7 @@ class TraceWorkload(Workload):
             "kind": self.KIND, "path": os.path.abspath(p.trace),
             "arrival": "poisson" if p.request_rate > 0 else "trace timestamps",
             "speedup": p.speedup, "request_rate": p.request_rate,
-            "replay_cycles": p.replay_cycles, "max_requests": p.max_requests,
+            "replay_cycles": p.replay_cycles, "max_requests": p.max_requests, "routing": p.routing,
             "requests": scan.requests * p.replay_cycles, "users": scan.users * p.replay_cycles,
             "skipped": sum(self._skips.values()), "skip_reasons": dict(self._skips),
         }

@@ -4,94 +4,14 @@ promotions, verify mode and deterministic planning."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from engine_rig import CT, MICRO, TINY_OBJ, Rig, make_config, request
 
-from mpi_kvbench.config import Config, load
-from mpi_kvbench.context import RankContext
-from mpi_kvbench.engine import Engine, StopReason
+from mpi_kvbench.engine import StopReason
 from mpi_kvbench.engine.iopool import MOVE, READ, WRITE
 from mpi_kvbench.layout import Geometry, chunk_keys
 from mpi_kvbench.registry import WORKLOADS
-from mpi_kvbench.run import engine_settings, policy_factory
-from mpi_kvbench.tiers import open_tiers
-from mpi_kvbench.workloads.base import Request
-
-CT = 16
-TINY_OBJ = CT * 24_576          # tiny-1b, 16 tokens: 384 KiB, already page-aligned
-
-
-def gb(objects: int, obj: int = TINY_OBJ) -> float:
-    return (objects * obj + 1000) / 1e9
-
-
-def make_config(tmp_path: Path, hbm: int = 0, dram: int = 0, storage: int = 0,
-                obj: int = TINY_OBJ, **extra: dict) -> Config:
-    base = {
-        "run": {"results_dir": str(tmp_path)},
-        "model": {"name": "tiny-1b"},
-        "kv": {"chunk_tokens": CT},
-        "io": {"io_depth": 2},
-        "tiers": {"hbm": {"capacity_gb": gb(hbm, obj), "device": "emulated"},
-                  "dram": {"capacity_gb": gb(dram, obj)},
-                  "storage": {"capacity_gb": gb(storage, obj), "path": str(tmp_path / "kv")}},
-    }
-    for zero in [lv for lv, n in (("hbm", hbm), ("dram", dram), ("storage", storage)) if not n]:
-        base["tiers"][zero]["capacity_gb"] = 0
-    return load(None, [base, extra])
-
-
-class Rig:
-    """An engine on freshly opened tiers, built as a run builds it; closes both."""
-
-    def __init__(self, cfg: Config, run_id: str) -> None:
-        obj = cfg.geometry.object_bytes
-        self.tiers = open_tiers(cfg.tiers, RankContext(run_id=run_id), obj, one_writer=False,
-                                group_bcast=lambda x: x)
-        self.engine = Engine(engine_settings(cfg), self.tiers, policy_factory(cfg))
-        self.obj = obj
-        self.ops: list[tuple] = []
-        submit = self.engine.pool.submit
-
-        def recording(op, report):
-            self.ops.append((op.kind, op.key, op.src, op.src_slot, op.dst, op.dst_slot, op.seq))
-            return submit(op, report)
-
-        self.engine.pool.submit = recording
-
-    @property
-    def c(self) -> dict[str, int]:
-        return self.engine.metrics.counters
-
-    def serve(self, *reqs: Request) -> None:
-        for r in reqs:
-            assert self.engine.serve(r)
-
-    def close(self) -> None:
-        self.engine.close()
-        for t in self.tiers:
-            t.close()
-
-
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator:
-    made = []
-
-    def make(cfg: Config, run_id: str = "e") -> Rig:
-        r = Rig(cfg, f"{run_id}{len(made)}")
-        made.append(r)
-        return r
-
-    yield make
-    for r in made:
-        r.close()
-
-
-def request(i: int, segments, output: int = 0, user: int = 0) -> Request:
-    return Request(index=i, user=user, session=user, arrival_s=0.0, think_s=None, qos="batch",
-                   segments=tuple(segments), output_tokens=output, output_id=10**9 + i)
 
 
 def check_bytes_equal_ops(r: Rig) -> None:
@@ -244,8 +164,6 @@ def test_without_verify_nothing_is_checked(tmp_path: Path, rig) -> None:
     assert "verify_checked" not in r.c and "verify_mismatches" not in r.c
 
 
-MICRO = {"models": {"micro": {"layers": 1, "kv_heads": 1, "head_dim": 64, "dtype": "fp8"}},
-         "model": {"name": "micro"}, "kv": {"chunk_tokens": 32}}          # 4 KiB objects
 SYNTH = {"users": 3, "templates": {"chatbot": 1, "coding": 0, "document": 0},
          "request_rate": 1e6, "max_turns": 3, "system_prompts": 2}    # open loop: no waiting
 
@@ -269,7 +187,7 @@ def test_same_seed_same_operations(tmp_path: Path, rig) -> None:
     assert ops1 == ops2
     kinds = {o[0] for o in ops1}
     assert kinds == {READ, WRITE, MOVE}            # the trace exercised hits and demotions
-    assert c1["storage.drops"] > 0 or c1["demotions"] > 0
+    assert c1.get("storage.drops", 0) > 0 or c1.get("demotions", 0) > 0
     ops3, _ = replay(tmp_path, rig, seed=6)
     assert ops3 != ops1                            # the recording does see the trace
 
