@@ -294,7 +294,9 @@ def headline(summary: dict[str, Any]) -> dict[str, float]:
         return math.nan if v is None else float(v)
 
     out = {k: num(summary.get(k)) for k in ("duration_s", "requests_completed", "requests_per_s",
-                                            "prefix_hit_ratio", "storage_throughput_gbps")}
+                                            "prefix_hit_ratio", "storage_throughput_gbps",
+                                            "storage_throughput_tokens_per_s",
+                                            "avg_throughput_tokens_per_s")}
     for tier, t in summary.get("tiers", {}).items():
         for key in ("read_gbps", "write_gbps", "gbps_busy"):
             out[f"{tier}.{key}"] = num(t.get(key))

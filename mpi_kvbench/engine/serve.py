@@ -113,9 +113,9 @@ class Stage:
 
 @dataclass
 class Flight:
-    """A request in flight and how far it got."""
+    """A request in flight and how far it got (``req`` None: work outside any request)."""
 
-    req: Request
+    req: Request | None
     intended: int
     start: int
     stages: deque[Stage]
@@ -602,8 +602,7 @@ class Engine:
         after everything planned before it."""
         if not stage.ops:
             return
-        flight = Flight(Request(-1, -1, -1, 0.0, None, QOS_CLASSES[-1], (), 0, 0), 0, 0,
-                        deque([stage]), [])
+        flight = Flight(None, 0, 0, deque([stage]), [])
         for op in stage.ops:
             for slot, writes in self._slots_of(op):
                 self._access.setdefault(slot, []).append((op, writes))

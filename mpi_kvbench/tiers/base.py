@@ -12,6 +12,17 @@ never a type check: ``needs_payload`` (False: writes need no fresh bytes), ``sha
 (the ranks of a TP group can share one copy: a writer and readers), ``location`` and
 ``open_peer`` (another rank reads this tier's objects: disaggregated serving), and
 ``cleanup`` (what is left once every rank has closed).
+
+Optional fast paths (defaults keep a tier on the plain ``write``/``read`` path; the I/O
+pool asks, a tier that does not answer is used as before):
+
+* ``makes_payload`` (set at ``open``) and ``produce``: the tier makes a new object's bytes
+  where they live (KV born on the GPU), stamped exactly as the host payload is, instead of
+  being handed host bytes.
+* ``host_slot``: the slot is host memory another tier may copy straight to or from.
+* ``copy_to`` / ``copy_from``: one call moves an object between this tier and another
+  (e.g. a device-to-host copy into a DRAM slot); None: not between these two.
+* ``staging_buffer``: host memory (pinned) to bounce through when no direct copy exists.
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ class Tier(abc.ABC):
     name: ClassVar[str]
     needs_payload: ClassVar[bool] = True   # False for tiers that never look at the bytes
     shareable: ClassVar[bool] = False      # True: honours share="writer"/"reader"
+    makes_payload: bool = False            # True (set at open): WRITE calls ``produce``
 
     @dataclasses.dataclass(frozen=True)
     class Params:
@@ -95,3 +107,31 @@ class Tier(abc.ABC):
     def cleanup(self) -> None:  # noqa: B027 - optional: most tiers leave nothing shared
         """Called on every rank once every rank has closed its tiers: removes what ranks
         made for each other (a shared directory)."""
+
+    # -- optional fast paths (see the module docstring); the defaults opt out ---------------
+    def produce(self, slot: int, key: int, seq: int) -> int:
+        """Fills ``slot`` with a new object's bytes, stamped like ``payload.stamp`` (key,
+        write sequence, offset in every 4 KiB block); returns bytes written. Called only
+        when ``makes_payload`` is True."""
+        raise NotImplementedError(f"{type(self).__name__} does not make its own payload")
+
+    def host_slot(self, slot: int) -> memoryview | None:
+        """The slot's bytes as host memory that another tier may copy into or out of
+        directly (DRAM); None: the slot is not addressable host memory."""
+        return None
+
+    def copy_to(self, slot: int, dst: Tier, dst_slot: int) -> int | None:
+        """Moves the object in ``slot`` into ``dst``'s ``dst_slot`` in one call; returns
+        bytes moved, or None when this tier has no direct path to ``dst``."""
+        return None
+
+    def copy_from(self, slot: int, src: Tier, src_slot: int) -> int | None:
+        """Loads ``src``'s object in ``src_slot`` into ``slot`` in one call; returns bytes
+        moved, or None when this tier has no direct path from ``src``."""
+        return None
+
+    def staging_buffer(self) -> Any:
+        """A page-aligned host buffer of one object to bounce this tier's copies through
+        (pinned for a GPU); None: any host buffer is as good. The caller keeps one per
+        thread; the tier frees them at ``close``."""
+        return None
