@@ -1,14 +1,24 @@
-"""A storage-only run driven to saturation, against the path's calibrated bandwidth.
+"""Storage-only runs driven to saturation, one per ``engine.max_batch``, against the
+path's calibrated bandwidth, in one invocation.
 
-    python benchmarks/saturation.py [--ranks 4] [--duration 20] [--cache-dir DIR]
+    python benchmarks/saturation.py [--ranks 4] [--duration 10] [--max-batch 1 16] [--repeat 1]
+                                    [--cache-dir DIR] [--payload fresh|reuse]
 
-Runs ``mpirun -n RANKS python -m mpi_kvbench`` with no HBM or DRAM tier, 40 users and
-``run.calibrate`` on (the same object size and io_depth, all ranks at once), then prints:
+Each run is ``mpirun -n RANKS python -m mpi_kvbench`` with no HBM or DRAM tier, 40 users
+and ``run.calibrate`` on (the same object size and io_depth, all ranks at once), for
+``--duration`` seconds; ``--repeat`` interleaves the batch sizes (1, 16, 1, 16, ...) so a
+drift of a shared machine hits both alike. Per run it prints:
 
-* device share: the device time the run's bytes need at the calibrated read and write
-  rates, over the measured window (1.0 = the run kept the device as busy as calibration);
-* CPU seconds per GB moved: the I/O path (everything but payload generation), the whole
-  process, and payload generation alone; and the payload stalls (generation fell behind).
+* storage GB/s (read + write over the measured window) and the device share: the device
+  time the run's bytes need at the calibrated read and write rates, over the window
+  (1.0 = the run kept the device as busy as calibration);
+* payload stalls (a write found no fresh buffer ready: generation fell behind);
+* CPU seconds per GB moved: the whole process, the I/O path (everything but payload
+  generation) and payload generation alone (per GB generated).
+
+Then, per batch size after the first, its GB/s and CPU-s/GB over the first's (means
+over repeats): the issue asks that ``max_batch 16`` move at least as many GB/s as
+``max_batch 1`` with no more engine CPU per GB.
 """
 
 from __future__ import annotations
@@ -20,38 +30,65 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from statistics import mean
+
+
+def run_once(args: argparse.Namespace, max_batch: int, out: Path, name: str) -> dict:
+    """One storage-only run; its summary.json."""
+    mpirun = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or "mpirun"
+    cmd = [mpirun, "-n", str(args.ranks), sys.executable, "-m", "mpi_kvbench",
+           "--duration", str(args.duration), "--gpu-mem-gb", "0", "--cpu-mem-gb", "0",
+           "--storage-capacity-gb", "8", "--set", "workload.users=40",
+           "--set", "run.calibrate=true", "--set", f"io.payload={args.payload}",
+           "--set", f"engine.max_batch={max_batch}",
+           "--results-dir", str(out), "--run-name", name]
+    if args.cache_dir:
+        cmd += ["--cache-dir", args.cache_dir + "/{rank}"]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return json.loads((out / name / "summary.json").read_text())
+
+
+def figures(s: dict) -> dict:
+    st, cal, cpu = s["tiers"]["storage"], s["calibration"], s["cpu"]
+    need = st["read_bytes"] / 1e9 / cal["read_gbps"] + st["write_bytes"] / 1e9 / cal["write_gbps"]
+    return {"gbps": s["storage_throughput_gbps"], "read": st["read_gbps"], "write": st["write_gbps"],
+            "share": need / s["duration_s"], "stalls": cpu["payload_stalls"],
+            "process": cpu["process_s_per_gb"], "io_path": cpu["io_path_s_per_gb"],
+            "generation": cpu["generation_s_per_gb"], "cal_read": cal["read_gbps"],
+            "cal_write": cal["write_gbps"], "window": s["duration_s"]}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ranks", type=int, default=4)
-    ap.add_argument("--duration", type=float, default=20)
+    ap.add_argument("--duration", type=float, default=10, help="measured seconds per run")
+    ap.add_argument("--max-batch", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--repeat", type=int, default=1, help="runs per batch size, interleaved")
     ap.add_argument("--cache-dir", default=None, help="storage path (default: system temp)")
     ap.add_argument("--payload", default="fresh", choices=("fresh", "reuse"))
     args = ap.parse_args()
-    mpirun = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or "mpirun"
     out = Path(tempfile.mkdtemp(prefix="kvbench-sat-"))
-    cmd = [mpirun, "-n", str(args.ranks), sys.executable, "-m", "mpi_kvbench",
-           "--duration", str(args.duration), "--gpu-mem-gb", "0", "--cpu-mem-gb", "0",
-           "--storage-capacity-gb", "8", "--set", "workload.users=40",
-           "--set", "run.calibrate=true", "--set", f"io.payload={args.payload}",
-           "--results-dir", str(out), "--run-name", "sat"]
-    if args.cache_dir:
-        cmd += ["--cache-dir", args.cache_dir + "/{rank}"]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    s = json.loads((out / "sat" / "summary.json").read_text())
-    shutil.rmtree(out)
-    st, cal, cpu = s["tiers"]["storage"], s["calibration"], s["cpu"]
-    need = st["read_bytes"] / 1e9 / cal["read_gbps"] + st["write_bytes"] / 1e9 / cal["write_gbps"]
-    print(f"calibrated: read {cal['read_gbps']:.3f} GB/s, write {cal['write_gbps']:.3f} GB/s"
-          f" ({cal['block_bytes'] / 2**20:.0f} MiB blocks, depth {cal['io_depth']},"
-          f" {cal['ranks']} ranks)")
-    print(f"run: read {st['read_gbps']:.3f} GB/s + write {st['write_gbps']:.3f} GB/s ="
-          f" {s['storage_throughput_gbps']:.3f} GB/s over {s['duration_s']:.1f} s")
-    print(f"device share (calibrated device time needed / window): {need / s['duration_s']:.2f}")
-    print(f"CPU s/GB: I/O path {cpu['io_path_s_per_gb']}, whole process"
-          f" {cpu['process_s_per_gb']}, payload generation {cpu['generation_s_per_gb']}"
-          f" ({cpu['payload_stalls']} stalls, payload {s['payload_mode']})")
+    runs: dict[int, list[dict]] = {b: [] for b in args.max_batch}
+    print(f"{args.ranks} ranks, storage only, payload {args.payload}, {args.duration:g} s per run")
+    print(f"{'max_batch':>9} {'GB/s':>6} {'(read':>6} {'write)':>6} {'device share':>12} {'stalls':>6}"
+          f" {'CPU-s/GB: process':>17} {'I/O path':>8} {'generation':>10} {'calibrated r/w GB/s':>19}")
+    try:
+        for rep in range(args.repeat):
+            for b in args.max_batch:
+                f = figures(run_once(args, b, out, f"sat-b{b}-{rep}"))
+                runs[b].append(f)
+                print(f"{b:>9} {f['gbps']:>6.3f} {f['read']:>6.3f} {f['write']:>6.3f} {f['share']:>12.2f}"
+                      f" {f['stalls']:>6} {f['process']:>17} {f['io_path']:>8} {f['generation']:>10}"
+                      f" {f['cal_read']:>9.3f}/{f['cal_write']:.3f}", flush=True)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    base = args.max_batch[0]
+    for b in args.max_batch[1:]:
+        ratio = {k: mean(r[k] for r in runs[b]) / mean(r[k] for r in runs[base])
+                 for k in ("gbps", "process", "io_path")}
+        print(f"max_batch {b} / {base}: GB/s x{ratio['gbps']:.2f}, process CPU-s/GB x{ratio['process']:.2f},"
+              f" I/O path CPU-s/GB x{ratio['io_path']:.2f}; stalls {sum(r['stalls'] for r in runs[b])}"
+              f" vs {sum(r['stalls'] for r in runs[base])}")
     return 0
 
 

@@ -1,10 +1,33 @@
 """Write payloads: incompressible bytes made ahead of use, stamped per 4 KiB block.
 
-``fresh`` (default): a generator thread fills a ring of page-aligned buffers with dgen-py
+``fresh`` (default): generator threads fill a ring of page-aligned buffers with dgen-py
 ahead of the writers, so every write carries new bytes. ``reuse``: the ring is filled
 once and recycled; only the stamps change. Either way every 4 KiB block starts with a
 stamp (object key, write sequence, byte offset), so no two blocks of a run are equal and
 a dedup engine finds nothing; zstd finds nothing to compress within its window.
+
+Generation must never limit a run. The source starts one generator thread and adds
+another (up to ``max_threads``, by default this rank's share of the node's CPUs) when a
+writer finds the ring empty (a stall), or when over the last half ring of takes the
+writers took bytes faster than half the generators' measured fill rate (generation keeps
+2x headroom). A thread is added only once the newest one has filled a buffer, so a burst
+of stalls adds one at a time; idle threads block on the empty queue and cost nothing.
+In ``fresh`` mode the ring holds a second ``depth`` of buffers beyond those the writers
+hold: ``depth`` large writes that end together find their next buffers ready.
+
+Honest CPU: each fill is ``dgen_py.fill_buffer`` with ``max_threads=1`` on pieces of at
+most ``FILL_PIECE`` (dgen's 1 MiB block): dgen-py 0.3 runs a call of two blocks or more
+on its own rayon threads whatever ``max_threads`` says, where no clock of ours sees it;
+one block per call stays in the calling thread, so ``time.thread_time``
+(``CLOCK_THREAD_CPUTIME_ID``) around it is the whole cost. ``generator_cpu_s`` is that
+clock summed over the generator threads (and the constructor, which fills the ``reuse``
+ring); ``generated_bytes`` is every byte filled; ``stalls`` counts takes that found no
+ready buffer. ``fill_buffer`` seeds each call from the clock and OS entropy, so no two
+calls (threads, ranks or runs) share a stream, and it costs the same per byte for 64 KiB
+as for 1 MiB (``Generator.fill_chunk`` makes a whole block per call: 10x the CPU at
+64 KiB objects). dgen's own threaded path costs about a quarter less per GB but cannot
+be attributed; ``benchmarks/payload_rate.py`` prints the attributed and whole-process
+CPU side by side.
 
 Verification: a write records the CRC32 of its buffer; a verified read recomputes it
 and checks the stamp of every block, so misplaced and corrupted data are both caught.
@@ -26,8 +49,11 @@ import numpy as np
 from mpi_kvbench.layout import MASK64, aligned_buffer
 
 BLOCK = 4096
-GEN_STREAM_BYTES = 1 << 40
+FILL_PIECE = 1 << 20       # dgen's block: a larger call runs on dgen's own threads, unseen
 RING_BYTES = 64 << 20      # more than zstd's largest default window (8 MiB at level 19)
+HEADROOM = 2.0             # generation capacity kept above the writers' demand
+LOCAL_RANKS_ENV = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE",
+                   "SLURM_NTASKS_PER_NODE")
 
 
 def block_view(buf: mmap.mmap | memoryview) -> np.ndarray:
@@ -62,69 +88,177 @@ def check(buf: mmap.mmap | memoryview, key: int, expected_crc: int) -> bool:
     return good and zlib.crc32(buf) == expected_crc
 
 
-class PayloadSource:
-    """A ring of aligned buffers kept full of fresh bytes by one generator thread."""
+def fill(buf: mmap.mmap | memoryview) -> None:
+    """New incompressible bytes over all of ``buf``, generated in the calling thread only
+    (one dgen block per call; see the module notes)."""
+    with memoryview(buf) as view:
+        for off in range(0, len(view), FILL_PIECE):
+            dgen_py.fill_buffer(view[off:off + FILL_PIECE], dedup_ratio=1, compress_ratio=1,
+                                max_threads=1)
 
-    def __init__(self, object_bytes: int, depth: int, mode: str = "fresh") -> None:
+
+def generator_cap(env: dict[str, str] | None = None) -> int:
+    """Generator threads one rank may use: the CPUs it may run on, divided among the
+    ranks of its node unless the launcher already bound it to its own share."""
+    env = os.environ if env is None else env
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if allowed < (os.cpu_count() or allowed):
+        return max(1, allowed)               # bound by the launcher: this is the rank's share
+    for name in LOCAL_RANKS_ENV:
+        value = env.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return max(1, allowed // int(value))
+    return max(1, allowed)
+
+
+class _Generator(threading.Thread):
+    """One generator thread; only it writes its counters (others just read them)."""
+
+    def __init__(self, empty: queue.SimpleQueue, ready: queue.SimpleQueue, index: int) -> None:
+        super().__init__(name=f"payload-{index}", daemon=True)
+        self.empty, self.ready = empty, ready
+        self.cpu_s = 0.0           # its own CPU time inside fills
+        self.wall_s = 0.0          # wall time inside fills: its fill rate, contention included
+        self.bytes = 0
+        self.fills = 0
+
+    def run(self) -> None:
+        while (buf := self.empty.get()) is not None:      # None: close() says stop
+            w, c = time.perf_counter(), time.thread_time()
+            try:
+                fill(buf)
+            except BaseException as e:   # hand it to the writers: a silent death hangs them
+                self.ready.put(e)
+                return
+            self.cpu_s += time.thread_time() - c
+            self.wall_s += time.perf_counter() - w
+            self.bytes += len(buf)
+            self.fills += 1
+            self.ready.put(buf)
+
+
+class PayloadSource:
+    """A ring of aligned buffers kept full of fresh bytes by as many generator threads as
+    the writers need (see the module notes)."""
+
+    def __init__(self, object_bytes: int, depth: int, mode: str = "fresh", *, threads: int = 1,
+                 max_threads: int | None = None, ring_bytes: int = RING_BYTES) -> None:
         self.object_bytes = object_bytes
         self.mode = mode
+        self.max_threads = max(1, generator_cap() if max_threads is None else max_threads)
+        self.stalls = 0
         self._ready: queue.SimpleQueue = queue.SimpleQueue()
         self._empty: queue.SimpleQueue = queue.SimpleQueue()
-        # at least RING_BYTES in the ring, so even reused bytes repeat only beyond the
-        # window of any compressor or dedup engine that looks at a stream
-        count = max(depth + 2, -(-RING_BYTES // object_bytes))
+        # at least ring_bytes in the ring, so even reused bytes repeat only beyond the
+        # window of any compressor or dedup engine that looks at a stream; fresh mode keeps
+        # a second depth's worth ready, so a wave of writes that all end at once finds its
+        # next buffers made (depth + 2 stalled on every such wave of large objects)
+        spare = depth + 2 if mode == "fresh" else 2
+        count = max(depth + spare, -(-ring_bytes // object_bytes))
         self._buffers = [aligned_buffer(object_bytes) for _ in range(count)]
-        self._gen = self._new_generator()
-        self.generated_bytes = 0
-        self.generator_cpu_s = 0.0
-        self.stalls = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._generators: list[_Generator] = []
+        self._own_cpu_s = 0.0      # the constructor's fills (reuse mode)
+        self._own_bytes = 0
+        self._lock = threading.Lock()
+        self._closed = False
+        self._window = max(4, count // 2)      # takes between two looks at the demand
+        self._taken = 0
+        self._window_bytes = 0
+        self._window_t0 = time.perf_counter()
         for buf in self._buffers:
             if mode == "reuse":
-                self._fill(buf)
+                t = time.thread_time()
+                fill(buf)
+                self._own_cpu_s += time.thread_time() - t
+                self._own_bytes += len(buf)
                 self._ready.put(buf)
             else:
                 self._empty.put(buf)
         if mode == "fresh":
-            self._thread = threading.Thread(target=self._run, name="payload", daemon=True)
-            self._thread.start()
+            with self._lock:
+                for _ in range(min(max(1, threads), self.max_threads)):
+                    self._start_generator()
 
-    @staticmethod
-    def _new_generator() -> dgen_py.Generator:
-        """A 1 TiB stream (dgen-py sizes its state by the stream length), fresh seed each time."""
-        return dgen_py.Generator(size=GEN_STREAM_BYTES, dedup_ratio=1, compress_ratio=1,
-                                 max_threads=1, seed=int.from_bytes(os.urandom(8), "little") >> 1)
+    # -- what the engine reads ------------------------------------------------------
+    @property
+    def generator_cpu_s(self) -> float:
+        """CPU seconds spent generating, summed over the threads that did it."""
+        return self._own_cpu_s + sum(g.cpu_s for g in tuple(self._generators))
 
-    def _fill(self, buf: mmap.mmap) -> None:
-        t = time.thread_time()
-        if self._gen.fill_chunk(buf) < len(buf):
-            self._gen = self._new_generator()
-            self._gen.fill_chunk(buf)
-        self.generator_cpu_s += time.thread_time() - t
-        self.generated_bytes += len(buf)
+    @property
+    def generated_bytes(self) -> int:
+        return self._own_bytes + sum(g.bytes for g in tuple(self._generators))
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                buf = self._empty.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            self._fill(buf)
-            self._ready.put(buf)
+    @property
+    def threads(self) -> int:
+        """Generator threads started so far."""
+        return len(self._generators)
 
+    @property
+    def capacity_bps(self) -> float | None:
+        """What the generators could make, bytes/s: each measured thread's fill rate, an
+        unmeasured one counted at their mean; None before any thread has filled."""
+        rates = [g.bytes / g.wall_s for g in tuple(self._generators) if g.wall_s > 0]
+        if not rates:
+            return None
+        return sum(rates) / len(rates) * len(self._generators)
+
+    # -- the writers' side ------------------------------------------------------------
     def take(self) -> mmap.mmap:
-        """A buffer of new bytes; counts a stall when the generator is behind."""
+        """A buffer of new bytes; counts a stall (and adds a generator) when the ring is
+        empty. Raises if generation failed, rather than waiting forever."""
         try:
-            return self._ready.get_nowait()
+            buf = self._ready.get_nowait()
         except queue.Empty:
-            self.stalls += 1
-            return self._ready.get()
+            with self._lock:
+                self.stalls += 1
+                self._grow()
+            buf = self._ready.get()
+        if isinstance(buf, BaseException):
+            self._ready.put(buf)                 # every other writer fails the same way
+            raise RuntimeError("payload generation failed") from buf
+        if self.mode == "fresh":
+            self._note_demand(len(buf))
+        return buf
 
     def give_back(self, buf: mmap.mmap) -> None:
         (self._ready if self.mode == "reuse" else self._empty).put(buf)
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        """Stops every generator thread and waits for it."""
+        with self._lock:
+            self._closed = True
+            generators = tuple(self._generators)
+        for _ in generators:
+            self._empty.put(None)
+        for g in generators:
+            g.join()
+
+    # -- growth ------------------------------------------------------------------------
+    def _note_demand(self, nbytes: int) -> None:
+        """Every window of takes, compares the writers' rate with the generators'."""
+        with self._lock:
+            self._taken += 1
+            self._window_bytes += nbytes
+            if self._taken % self._window:
+                return
+            now = time.perf_counter()
+            demand = self._window_bytes / max(now - self._window_t0, 1e-9)
+            self._window_bytes, self._window_t0 = 0, now
+            capacity = self.capacity_bps
+            if capacity is not None and HEADROOM * demand > capacity:
+                self._grow()
+
+    def _grow(self) -> None:
+        """One more generator thread, if allowed and the newest one is already at work.
+        Called with the lock held."""
+        if self._closed or self.mode != "fresh" or len(self._generators) >= self.max_threads:
+            return
+        if self._generators and self._generators[-1].fills == 0:
+            return
+        self._start_generator()
+
+    def _start_generator(self) -> None:
+        g = _Generator(self._empty, self._ready, len(self._generators))
+        self._generators.append(g)
+        g.start()

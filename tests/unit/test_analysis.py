@@ -22,11 +22,16 @@ from mpi_kvbench.results.summary import PERCENTILES as SUMMARY_PERCENTILES  # no
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("analysis")
-    cmd = [sys.executable, "-m", "mpi_kvbench", "--duration", "2", "--model", "tiny-1b",
-           "--chunk-tokens", "64", "--results-dir", str(tmp), "--run-name", "a",
-           "--cache-dir", str(tmp / "c"), "--gpu-mem-gb", "0.002", "--cpu-mem-gb", "0.004",
-           "--storage-capacity-gb", "0.05", "--io-depth", "2"]
-    done = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=120)
+    obj = 512 * 24_576    # tiny-1b, 512-token chunks: 12 MiB objects; tiers of a few of them
+    # bounded by a request count, not by seconds, and a few dozen storage operations, eight
+    # at a time: a loaded machine gives the same run, only slower
+    cmd = [sys.executable, "-m", "mpi_kvbench", "--duration", "0", "--max-requests", "8",
+           "--model", "tiny-1b", "--chunk-tokens", "512", "--results-dir", str(tmp), "--run-name", "a",
+           "--cache-dir", str(tmp / "c"), "--gpu-mem-gb", str(2 * obj / 1e9),
+           "--cpu-mem-gb", str(4 * obj / 1e9), "--storage-capacity-gb", str(16 * obj / 1e9),
+           "--io-depth", "8", "--users", "6",
+           "--set", "workload.templates={chatbot: 1, coding: 0, document: 0}"]
+    done = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     return tmp / "a"
 
@@ -97,10 +102,6 @@ def test_request_latency_rows_equal_the_summary(result: analysis.Result) -> None
                       ("request.queue", "request_queue")):
         expected = result.summary["latency_ms"][key]
         assert {k: round(merged.loc[hist, f"{k}_ms"], 4) for k in SUMMARY_PERCENTILES} == expected
-
-
-def test_percentile_keys_follow_the_summary() -> None:
-    assert analysis.PERCENTILES == SUMMARY_PERCENTILES
 
 
 def test_per_rank_rows_exist_for_every_histogram(run_dir: Path, result: analysis.Result) -> None:

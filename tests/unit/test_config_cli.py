@@ -1,5 +1,10 @@
 """Command line and configuration errors: one line, `error: ...`, names the field, exit 2,
-nothing written. Also the `models` command."""
+nothing written. Also the `models` command.
+
+Every error case runs in-process through ``cli.main`` (the same code path as the real
+command, on a one-rank ``SerialComm`` so the test process never starts MPI); a few run
+as real processes, to prove the process itself prints one line, exits 2 and shows no
+traceback."""
 
 from __future__ import annotations
 
@@ -7,13 +12,18 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from mpi_kvbench import cli as cli_mod
 from mpi_kvbench import config
+from mpi_kvbench import run as run_mod
 from mpi_kvbench.errors import ConfigError
+from mpi_kvbench.mpi.comm import SerialComm
 
 BPT = {"tiny-1b": 24_576, "mistral-7b": 131_072, "llama2-7b": 524_288, "llama3.1-8b": 131_072,
        "llama3.1-70b-instruct": 327_680, "deepseek-v3": 70_272, "qwen3-32b": 262_144,
@@ -22,12 +32,21 @@ HEADS = {"tiny-1b": 4, "mistral-7b": 8, "llama2-7b": 32, "llama3.1-8b": 8,
          "llama3.1-70b-instruct": 8, "qwen3-32b": 8, "gpt-oss-120b": 8, "gpt-oss-20b": 8}
 
 
-def cli(tmp_path: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def cli(tmp_path: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mpi_kvbench", *args], cwd=tmp_path,
                           capture_output=True, text=True, timeout=timeout)
 
 
-def check_error(proc: subprocess.CompletedProcess, results: Path) -> str:
+@dataclass
+class Outcome:
+    """What a run of the command left: exit status and both streams (either way of running)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def check_error(proc: Outcome | subprocess.CompletedProcess, results: Path) -> str:
     """The run failed on its configuration: exit 2, one line, nothing written. Returns it."""
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     lines = proc.stderr.strip().splitlines()
@@ -88,9 +107,16 @@ SETUP_CASES = [
                                   "--cache-dir", "{tmp}/kv", "--storage-capacity-gb", "0.0001"],
                  ["tiers.storage"]),
 ]
+ALL_CASES = {c[0]: (c[1], c[2]) for c in CASES} | {p.values[0]: (p.values[1], p.values[2])
+                                                   for p in SETUP_CASES}
+# run as real processes too: an error found while loading the config, one found by the
+# MPI topology (a real singleton MPI world), and one found after a tier was opened
+REAL_PROCESS = ["set-typo", "tp-world", "tiny-storage"]
+SHOWN_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
 
 
-def run_case(tmp: Path, args: list[str]) -> tuple[subprocess.CompletedProcess, Path]:
+def prepare(tmp: Path, args: list[str]) -> tuple[list[str], Path]:
+    """The case's directory and files; returns the full argument list and its results dir."""
     tmp.mkdir(parents=True)
     (tmp / "bad.yaml").write_text("run:\n  seed: [1, 2\n  duration_s: 3\n")
     (tmp / "list.yaml").write_text("- 1\n- 2\n")
@@ -102,55 +128,94 @@ def run_case(tmp: Path, args: list[str]) -> tuple[subprocess.CompletedProcess, P
         results = Path(args[args.index("--results-dir") + 1])
     else:
         args = ["--results-dir", str(results), *args]
-    proc = cli(tmp, "--run-name", "r", "--duration", "1", *args)
+    return ["--run-name", "r", "--duration", "1", *args], results
+
+
+def run_case(tmp: Path, args: list[str]) -> tuple[subprocess.CompletedProcess, Path]:
+    """The case as a real ``python -m mpi_kvbench`` process."""
+    argv, results = prepare(tmp, args)
+    proc = cli(tmp, *argv)
     assert (tmp / "afile").read_text() == "x"
     return proc, results
 
 
+def run_in_process(tmp: Path, args: list[str], capsys: pytest.CaptureFixture[str],
+                   monkeypatch: pytest.MonkeyPatch) -> tuple[Outcome, Path]:
+    """The case through ``cli.main`` in this process, on a one-rank world without MPI. A
+    warning the real process would print to stderr is added to stderr, as it would be."""
+    argv, results = prepare(tmp, args)
+    monkeypatch.chdir(tmp)
+    monkeypatch.setattr(run_mod, "world", SerialComm)
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)   # main() sets it
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(var, raising=False)    # rank 0 is the one that prints
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = cli_mod.main(argv)
+    out, err = capsys.readouterr()
+    err += "".join(f"warning: {w.message}\n" for w in caught
+                   if not issubclass(w.category, SHOWN_WARNINGS))
+    assert (tmp / "afile").read_text() == "x"
+    return Outcome(code, out, err), results
+
+
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory) -> dict:
-    """Every error case, run as its own process, a few at a time."""
+def processes(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The REAL_PROCESS cases, each as its own process, at once."""
     base = tmp_path_factory.mktemp("cli")
-    every = [(c[0], c[1]) for c in CASES] + [(p.values[0], p.values[1]) for p in SETUP_CASES]
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = {name: pool.submit(run_case, base / name, args) for name, args in every}
+    with ThreadPoolExecutor(max_workers=len(REAL_PROCESS)) as pool:
+        futures = {name: pool.submit(run_case, base / name, ALL_CASES[name][0])
+                   for name in REAL_PROCESS}
     return {name: f.result() for name, f in futures.items()}
 
 
 @pytest.mark.parametrize("case,args,names", [*CASES, *SETUP_CASES],
                          ids=[c[0] for c in CASES] + [p.values[0] for p in SETUP_CASES])
-def test_config_errors_are_one_line(outcomes: dict, case: str, args: list[str],
+def test_config_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                    monkeypatch: pytest.MonkeyPatch, case: str, args: list[str],
                                     names: list[str]) -> None:
-    proc, results = outcomes[case]
+    proc, results = run_in_process(tmp_path / "case", args, capsys, monkeypatch)
     line = check_error(proc, results)
     for name in names:
         assert name in line, line
     assert not Path("/proc/x").exists() and not Path("/etc/x").exists()
 
 
-def test_a_read_only_directory(tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", REAL_PROCESS)
+def test_a_real_process_prints_one_line_and_exits_2(processes: dict, case: str) -> None:
+    proc, results = processes[case]
+    line = check_error(proc, results)
+    assert "Traceback" not in proc.stderr
+    for name in ALL_CASES[case][1]:
+        assert name in line, line
+
+
+def test_a_read_only_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                               monkeypatch: pytest.MonkeyPatch) -> None:
     if os.geteuid() == 0:
         pytest.skip("root may write anywhere")
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
     try:
-        proc, results = run_case(tmp_path / "case", ["--cache-dir", str(ro / "kv")])
+        proc, results = run_in_process(tmp_path / "case", ["--cache-dir", str(ro / "kv")],
+                                       capsys, monkeypatch)
         assert "tiers.storage.path" in check_error(proc, results)
     finally:
         ro.chmod(0o700)
 
 
-def test_too_small_a_storage_tier_names_its_capacity(outcomes: dict) -> None:
-    proc, _ = outcomes["tiny-storage"]
+def test_too_small_a_storage_tier_names_its_capacity(processes: dict) -> None:
+    proc, _ = processes["tiny-storage"]
     assert proc.returncode == 2
     assert "capacity_gb" in proc.stderr and "free" not in proc.stderr
 
 
-def test_a_set_up_error_is_still_one_line(outcomes: dict) -> None:
+def test_a_set_up_error_is_still_one_line(processes: dict) -> None:
     """Too small a storage tier is found only when the tier opens: still exit 2 and one
-    line, and no tier file or result is left."""
-    proc, results = outcomes["tiny-storage"]
+    line, and no tier file or result is left (a real process)."""
+    proc, results = processes["tiny-storage"]
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: tiers.storage")
@@ -207,7 +272,19 @@ def test_flags_and_set_reach_the_config() -> None:
 # ---- models command -------------------------------------------------------------------------
 
 
+def models(tmp: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+           *args: str) -> Outcome:
+    """``models`` through ``cli.main`` in this process (nothing to start: no MPI, no tiers)."""
+    monkeypatch.chdir(tmp)
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)   # main() sets it
+    capsys.readouterr()
+    code = cli_mod.main(["models", *args])
+    out, err = capsys.readouterr()
+    return Outcome(code, out, err)
+
+
 def test_models_json_lists_the_nine(tmp_path: Path) -> None:
+    """A real process: the JSON on stdout is all a script reading it gets."""
     proc = cli(tmp_path, "models", "--json")
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
@@ -216,8 +293,9 @@ def test_models_json_lists_the_nine(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("tp", [8, 3])
-def test_models_per_rank(tmp_path: Path, tp: int) -> None:
-    proc = cli(tmp_path, "models", "--tensor-parallel", str(tp), "--json")
+def test_models_per_rank(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                         monkeypatch: pytest.MonkeyPatch, tp: int) -> None:
+    proc = models(tmp_path, capsys, monkeypatch, "--tensor-parallel", str(tp), "--json")
     assert proc.returncode == 0, proc.stderr
     rows = {r["model"]: r for r in json.loads(proc.stdout)}
     for name, bpt in BPT.items():
@@ -231,8 +309,9 @@ def test_models_per_rank(tmp_path: Path, tp: int) -> None:
         assert got == (bpt // min(tp, heads) if fits else None), name
 
 
-def test_models_text_table(tmp_path: Path) -> None:
-    proc = cli(tmp_path, "models", "--tensor-parallel", "8")
+def test_models_text_table(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    proc = models(tmp_path, capsys, monkeypatch, "--tensor-parallel", "8")
     assert proc.returncode == 0, proc.stderr
     lines = {ln.split()[0]: ln.split() for ln in proc.stdout.splitlines()[1:] if ln.strip()}
     assert set(lines) == set(BPT)
@@ -241,10 +320,11 @@ def test_models_text_table(tmp_path: Path) -> None:
     assert lines["deepseek-v3"][-1] == "70,272"
 
 
-def test_models_with_a_user_file(tmp_path: Path) -> None:
+def test_models_with_a_user_file(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "m.yaml").write_text(
         "models:\n  mine:\n    layers: 10\n    kv_heads: 2\n    head_dim: 64\n    dtype: fp32\n")
-    proc = cli(tmp_path, "models", "--config", "m.yaml", "--json")
+    proc = models(tmp_path, capsys, monkeypatch, "--config", "m.yaml", "--json")
     assert proc.returncode == 0, proc.stderr
     rows = {r["model"]: r for r in json.loads(proc.stdout)}
     assert rows["mine"]["bytes_per_token"] == 10 * 2 * 64 * 2 * 4

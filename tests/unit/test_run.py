@@ -1,5 +1,8 @@
 """A complete short run on one rank (`python -m mpi_kvbench` as a subprocess): the result
-files exist, agree with each other, and the run cleans up after itself."""
+files exist, agree with each other, and the run cleans up after itself.
+
+The run is bounded by a request count, not by seconds, so a loaded machine makes it
+slower but never smaller: the same requests, the same operations."""
 
 from __future__ import annotations
 
@@ -18,10 +21,14 @@ h5py = pytest.importorskip("h5py")
 
 TIERS = ("hbm", "dram", "storage")
 PCTS = {"p50": 50, "p95": 95, "p99": 99, "p999": 99.9, "p9999": 99.99}
-OBJ = 16 * 24_576
-ARGS = ["--duration", "3", "--model", "tiny-1b", "--chunk-tokens", "16", "--io-depth", "2",
-        "--gpu-mem-gb", str(12 * OBJ / 1e9), "--cpu-mem-gb", str(40 * OBJ / 1e9),
-        "--storage-capacity-gb", str(300 * OBJ / 1e9),
+OBJ = 256 * 24_576    # tiny-1b, 256-token chunks: 6 MiB objects
+REQUESTS = 6          # enough to fill HBM and DRAM, demote to storage and read back from all three
+# tiers of a few objects, so the run is a few dozen storage operations, eight at a time: on a
+# disk another job keeps busy one can take a good part of a second
+ARGS = ["--duration", "0", "--max-requests", str(REQUESTS),
+        "--model", "tiny-1b", "--chunk-tokens", "256", "--io-depth", "8",
+        "--gpu-mem-gb", str(3 * OBJ / 1e9), "--cpu-mem-gb", str(6 * OBJ / 1e9),
+        "--storage-capacity-gb", str(40 * OBJ / 1e9),
         "--set", "workload.users=3",
         "--set", "workload.templates={chatbot: 1, coding: 0, document: 0}",
         "--set", "io.verify=true"]
@@ -29,7 +36,7 @@ ARGS = ["--duration", "3", "--model", "tiny-1b", "--chunk-tokens", "16", "--io-d
 
 def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mpi_kvbench", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=600)   # a guard against hangs
 
 
 def strings(ds) -> list[str]:
@@ -102,7 +109,7 @@ def test_summary_has_the_documented_keys(run: Run) -> None:
                     "gbps_busy", "chunk_hits", "tokens_from_cache_per_s", "latency_ms"):
             assert key in tier, (t, key)
         for op in ("read", "write"):
-            assert set(tier["latency_ms"][op]) == set(PCTS)
+            assert set(tier["latency_ms"][op]) == set(PCTS) | {"mean"}
     assert set(s["demotions"]) >= {"count", "bytes", "latency_ms"}
     assert set(s["demotions"]["latency_ms"]) == set(PCTS)
     for key in ("request_e2e", "request_queue", "prefill_storage", "group_e2e",
@@ -117,9 +124,9 @@ def test_facts_of_the_run(run: Run) -> None:
     assert (s["world_size"], s["tensor_parallel"], s["replicas"], s["nodes"]) == (1, 1, 1, 1)
     assert s["model"] == "tiny-1b"
     assert s["bytes_per_token_per_rank"] == 24_576 and s["object_bytes"] == OBJ
-    assert 2.0 <= s["duration_s"] <= 30     # ends at the last completion near the deadline
+    assert 0 < s["duration_s"] < 120        # ends at the last completion; generous under load
     assert s["duration_s"] == pytest.approx(run.elapsed.max() / 1e9, abs=1e-3)
-    assert s["requests_completed"] == run.counter("requests_completed") > 0
+    assert s["requests_completed"] == run.counter("requests_completed") == REQUESTS
     assert s["requests_per_s"] == pytest.approx(s["requests_completed"] / s["duration_s"],
                                                 rel=1e-3, abs=1e-3)
     storage_env = [t for e in run.env for t in e["tiers"] if t["level"] == "storage"]
