@@ -15,19 +15,19 @@ of stalls adds one at a time; idle threads block on the empty queue and cost not
 In ``fresh`` mode the ring holds a second ``depth`` of buffers beyond those the writers
 hold: ``depth`` large writes that end together find their next buffers ready.
 
-Honest CPU: each fill is ``dgen_py.fill_buffer`` with ``max_threads=1`` on pieces of at
-most ``FILL_PIECE`` (dgen's 1 MiB block): dgen-py 0.3 runs a call of two blocks or more
-on its own rayon threads whatever ``max_threads`` says, where no clock of ours sees it;
-one block per call stays in the calling thread, so ``time.thread_time``
-(``CLOCK_THREAD_CPUTIME_ID``) around it is the whole cost. ``generator_cpu_s`` is that
-clock summed over the generator threads (and the constructor, which fills the ``reuse``
-ring); ``generated_bytes`` is every byte filled; ``stalls`` counts takes that found no
-ready buffer. ``fill_buffer`` seeds each call from the clock and OS entropy, so no two
-calls (threads, ranks or runs) share a stream, and it costs the same per byte for 64 KiB
-as for 1 MiB (``Generator.fill_chunk`` makes a whole block per call: 10x the CPU at
-64 KiB objects). dgen's own threaded path costs about a quarter less per GB but cannot
-be attributed; ``benchmarks/payload_rate.py`` prints the attributed and whole-process
-CPU side by side.
+Honest CPU: every byte is made in the thread that asks for it, so ``time.thread_time``
+(``CLOCK_THREAD_CPUTIME_ID``) around a fill is its whole cost. A ``Stream`` makes an
+object's whole 1 MiB blocks with a ``Generator(max_threads=1)`` (dgen's sequential path,
+in the calling thread, one call per buffer) and the rest with ``fill_buffer`` on less
+than a block (dgen-py 0.3 runs a ``fill_buffer`` call of two blocks or more on its own
+rayon threads whatever ``max_threads`` says; no clock of ours would see that). Each call
+releases the GIL. ``generator_cpu_s`` is that clock summed over the generator threads
+(and the constructor, which fills the ``reuse`` ring); ``generated_bytes`` is every byte
+filled; ``stalls`` counts takes that found no ready buffer. Small objects never go
+through ``fill_chunk``: it makes a whole block per call (ten times the CPU per byte at
+64 KiB). dgen's own threaded path costs about a quarter less per GB, but its threads
+are not ours to clock; ``benchmarks/payload_rate.py`` prints the attributed and the
+whole-process CPU side by side.
 
 Verification: a write records the CRC32 of its buffer; a verified read recomputes it
 and checks the stamp of every block, so misplaced and corrupted data are both caught.
@@ -49,7 +49,8 @@ import numpy as np
 from mpi_kvbench.layout import MASK64, aligned_buffer
 
 BLOCK = 4096
-FILL_PIECE = 1 << 20       # dgen's block: a larger call runs on dgen's own threads, unseen
+DGEN_BLOCK = 1 << 20       # dgen's block: fill_buffer runs a larger call on its own threads
+GEN_STREAM_BYTES = 1 << 40 # a whole number of blocks
 RING_BYTES = 64 << 20      # more than zstd's largest default window (8 MiB at level 19)
 HEADROOM = 2.0             # generation capacity kept above the writers' demand
 LOCAL_RANKS_ENV = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE",
@@ -88,13 +89,34 @@ def check(buf: mmap.mmap | memoryview, key: int, expected_crc: int) -> bool:
     return good and zlib.crc32(buf) == expected_crc
 
 
-def fill(buf: mmap.mmap | memoryview) -> None:
-    """New incompressible bytes over all of ``buf``, generated in the calling thread only
-    (one dgen block per call; see the module notes)."""
-    with memoryview(buf) as view:
-        for off in range(0, len(view), FILL_PIECE):
-            dgen_py.fill_buffer(view[off:off + FILL_PIECE], dedup_ratio=1, compress_ratio=1,
-                                max_threads=1)
+class Stream:
+    """One thread's source of new bytes, all made in that thread: whole dgen blocks from a
+    single-threaded Generator in one call per buffer (one GIL round trip; the stream
+    stays block-aligned, so no block is made twice), the rest below a block from
+    ``fill_buffer`` (no stream: nothing wasted on small objects)."""
+
+    def __init__(self) -> None:
+        self._gen: dgen_py.Generator | None = None     # made when a buffer has a whole block
+
+    @staticmethod
+    def _new() -> dgen_py.Generator:
+        """A 1 TiB stream (dgen-py sizes its state by the stream length), fresh seed each time."""
+        return dgen_py.Generator(size=GEN_STREAM_BYTES, dedup_ratio=1, compress_ratio=1,
+                                 max_threads=1, seed=int.from_bytes(os.urandom(8), "little") >> 1)
+
+    def fill(self, buf: mmap.mmap | memoryview) -> None:
+        with memoryview(buf) as view:
+            whole = len(view) - len(view) % DGEN_BLOCK
+            done = 0
+            while done < whole:
+                if self._gen is None:
+                    self._gen = self._new()
+                n = self._gen.fill_chunk(view[done:whole])
+                if done + n < whole:          # the stream ran out (on a block boundary)
+                    self._gen = None
+                done += n
+            if whole < len(view):
+                dgen_py.fill_buffer(view[whole:], dedup_ratio=1, compress_ratio=1, max_threads=1)
 
 
 def generator_cap(env: dict[str, str] | None = None) -> int:
@@ -117,6 +139,7 @@ class _Generator(threading.Thread):
     def __init__(self, empty: queue.SimpleQueue, ready: queue.SimpleQueue, index: int) -> None:
         super().__init__(name=f"payload-{index}", daemon=True)
         self.empty, self.ready = empty, ready
+        self.stream = Stream()
         self.cpu_s = 0.0           # its own CPU time inside fills
         self.wall_s = 0.0          # wall time inside fills: its fill rate, contention included
         self.bytes = 0
@@ -126,7 +149,7 @@ class _Generator(threading.Thread):
         while (buf := self.empty.get()) is not None:      # None: close() says stop
             w, c = time.perf_counter(), time.thread_time()
             try:
-                fill(buf)
+                self.stream.fill(buf)
             except BaseException as e:   # hand it to the writers: a silent death hangs them
                 self.ready.put(e)
                 return
@@ -165,10 +188,11 @@ class PayloadSource:
         self._taken = 0
         self._window_bytes = 0
         self._window_t0 = time.perf_counter()
+        stream = Stream() if mode == "reuse" else None
         for buf in self._buffers:
-            if mode == "reuse":
+            if stream is not None:
                 t = time.thread_time()
-                fill(buf)
+                stream.fill(buf)
                 self._own_cpu_s += time.thread_time() - t
                 self._own_bytes += len(buf)
                 self._ready.put(buf)
