@@ -105,7 +105,7 @@ def runs(tmp_path_factory) -> dict[str, Result]:
     out = {}
     for name, proc in procs.items():
         try:
-            _, err = proc.communicate(timeout=120)
+            _, err = proc.communicate(timeout=600)
         except subprocess.TimeoutExpired:
             proc.kill()
             raise

@@ -197,7 +197,7 @@ def real_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
          "--results-dir", str(tmp / name / "r")], cwd=tmp, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True) for name, (_, _, extra) in RUNS.items()}
     for name, p in procs.items():
-        _, err = p.communicate(timeout=120)
+        _, err = p.communicate(timeout=600)
         assert p.returncode == 0, (name, err[-3000:])
     return {name: tmp / name / "r" / "x" for name in RUNS}
 
