@@ -54,7 +54,6 @@ from mpi_kvbench.tiers.base import Tier
 from mpi_kvbench.workloads.base import Request
 from mpi_kvbench.workloads.qos import QOS_CLASSES
 
-SCHEDULING = ("fifo", "priority")
 MAX_ARRIVED = 4096           # due requests held for admission (what priority chooses among)
 SETTLE_SPANS = 4096          # I/O intervals kept before their busy time is added up
 
@@ -174,6 +173,7 @@ class Engine:
         self._crc: dict[_Slot, int] = {}                     # checksum of what a slot holds
         self._timers: list[tuple[int, int, Flight]] = []     # (wake ns, tie, flight)
         self._tick = 0
+        self._max_inflight = 0                   # most requests in flight this phase
         self._inflight_since = time.perf_counter_ns()
         self._trace_start: int | None = None     # where trace time 0 is (the first phase)
         self._arrived: list[Request] = []        # due but not admitted when a phase ended
@@ -194,6 +194,7 @@ class Engine:
         if self._trace_start is None:
             self._trace_start = start_ns
         self.completed = 0
+        self._max_inflight = len(self._flights)
         self._inflight_since = start_ns
         p = self.payload
         self._phase0 = (cpu_s(), p.generator_cpu_s, p.generated_bytes, p.stalls)
@@ -210,6 +211,7 @@ class Engine:
         for name, peak in zip(self.names, self.peak_used, strict=True):
             r.count(names.tier_counter(name, "peak_used_bytes"), peak)
         self._occupancy(time.perf_counter_ns())
+        r.count("batch.max_inflight", self._max_inflight)
         r.settle_busy()
 
     def replay(self, requests: Iterator[Request], deadline_ns: int | None = None,
@@ -418,9 +420,7 @@ class Engine:
                     self._access.setdefault(slot, []).append((op, writes))
         self._occupancy(time.perf_counter_ns())
         self._flights.append(flight)
-        peak = self.metrics.counters.get("batch.max_inflight", 0)
-        if len(self._flights) > peak:
-            self.recorder.count("batch.max_inflight", len(self._flights) - peak)
+        self._max_inflight = max(self._max_inflight, len(self._flights))
         self._users.add(flight.req.user)
         self._advance(flight)
 
