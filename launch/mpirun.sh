@@ -20,4 +20,19 @@ if ! command -v "${MPIRUN%% *}" >/dev/null; then
   echo "error: ${MPIRUN%% *} not found; pip install -e '.[mpi]' or load your site's MPI module" >&2
   exit 2
 fi
-exec $MPIRUN -n "$ranks" "$PYTHON" -m mpi_kvbench run "$@"
+# mpirun (MPICH's hydra, Open MPI's prterun) hands SIGINT and SIGTERM on to every rank,
+# which then end the run in order (exit 130 or 143), but dies of SIGHUP itself, taking the
+# ranks down with no result. So mpirun runs in the background and a hang-up of this
+# script (a closed terminal or ssh session) reaches it as SIGTERM: the run ends in order
+# with status 143. SIGINT is left to the terminal, which sends it to mpirun directly.
+set +e
+$MPIRUN -n "$ranks" "$PYTHON" -m mpi_kvbench run "$@" &
+pid=$!
+trap 'kill -TERM "$pid" 2>/dev/null' HUP TERM
+trap ':' INT
+while :; do
+  wait "$pid"
+  rc=$?
+  kill -0 "$pid" 2>/dev/null || break   # wait returned for a signal: mpirun still runs
+done
+exit "$rc"

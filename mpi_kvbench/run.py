@@ -206,6 +206,9 @@ def _set_up(run: Run) -> None:
     object_bytes = cfg.geometry.object_bytes
     exc = None
     try:
+        run.workload = WORKLOADS.load(cfg.workload_kind)(cfg.workload, cfg.run.seed)
+        if comm.rank == 0:   # reads a trace's first pass: a bad one fails before any tier opens
+            check_window(run.workload.info(), cfg)
         storage = [t for t in cfg.tiers if t.kind == "storage"]
         if cfg.run.calibrate and storage:
             comm.barrier()   # every rank calibrates at once, as they will run
@@ -214,7 +217,6 @@ def _set_up(run: Run) -> None:
                 min(storage[0].capacity_bytes, int(cfg.run.calibrate_gb * 1e9)))
         run.tiers = open_tiers(cfg.tiers, ctx, object_bytes, one_writer=one_writer,
                                group_bcast=run.group.bcast)
-        run.workload = WORKLOADS.load(cfg.workload_kind)(cfg.workload, cfg.run.seed)
     except Exception as err:   # noqa: BLE001 - every rank must hear of it
         exc = err
     agree(comm, exc, run.signals)
@@ -231,8 +233,6 @@ def _set_up(run: Run) -> None:
         run.engine = Engine(engine_settings(cfg), run.tiers, policy_factory(cfg),
                             write_level=write_level, sources=run.sources, on_prefilled=run.handoff)
         run.requests = replica_requests(run.workload, ctx, comm, k or None, cfg.kv.chunk_tokens)
-        if comm.rank == 0:
-            check_window(run.workload.info(), cfg)
     except Exception as err:   # noqa: BLE001
         exc = err
     agree(comm, exc, run.signals)

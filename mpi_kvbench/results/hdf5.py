@@ -8,6 +8,7 @@ HDF5 layout (schema version 1) is documented in docs/RESULTS.md.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from datetime import UTC, datetime
@@ -72,36 +73,41 @@ def _strings(group: h5py.Group, name: str, values: list[str]) -> None:
 
 
 def write_hdf5(path: str, data: Collected, attrs: dict[str, Any], summary: dict[str, Any]) -> None:
+    """Builds the file in memory, then writes its bytes: a full disk is then one OSError,
+    not an HDF5 library left with half-written objects (which crashes at exit)."""
+    image = io.BytesIO()
+    with h5py.File(image, "w") as f:
+        for key, value in attrs.items():
+            f.attrs[key] = value if key == "complete" else _attribute(value)
+        h = f.create_group("histograms")
+        h.attrs["unit"] = "ns"
+        h.create_dataset("bucket_edges_ns", data=EDGES)
+        _strings(h, "names", data.hist_names)
+        h.create_dataset("merged", data=data.merged, compression="gzip")
+        h.create_dataset("merged_min_ns", data=data.merged_min_ns)
+        h.create_dataset("merged_max_ns", data=data.merged_max_ns)
+        h.create_dataset("merged_sum_ns", data=data.merged_sum_ns)
+        h.create_dataset("per_rank", data=data.per_rank, compression="gzip")
+        h.create_dataset("per_rank_min_ns", data=data.per_rank_min_ns)
+        h.create_dataset("per_rank_max_ns", data=data.per_rank_max_ns)
+        h.create_dataset("per_rank_sum_ns", data=data.per_rank_sum_ns)
+        c = f.create_group("counters")
+        _strings(c, "names", data.counter_names)
+        c.create_dataset("per_rank", data=data.counters)
+        c.create_dataset("merged", data=data.counters.sum(axis=0))
+        t = f.create_group("timeseries")
+        t.attrs["interval_s"] = 1.0
+        _strings(t, "names", data.series_names)
+        t.create_dataset("per_rank", data=data.series, compression="gzip")
+        r = f.create_group("ranks")
+        r.create_dataset("elapsed_ns", data=data.elapsed_ns)
+        _strings(r, "environment", [json.dumps(e) for e in data.env])
+        _strings(f, "errors", data.errors)
+        f.attrs["summary"] = json.dumps(summary, default=_plain)
     tmp, commit = _atomic(path)
     try:
-        with h5py.File(tmp, "w") as f:
-            for key, value in attrs.items():
-                f.attrs[key] = value if key == "complete" else _attribute(value)
-            h = f.create_group("histograms")
-            h.attrs["unit"] = "ns"
-            h.create_dataset("bucket_edges_ns", data=EDGES)
-            _strings(h, "names", data.hist_names)
-            h.create_dataset("merged", data=data.merged, compression="gzip")
-            h.create_dataset("merged_min_ns", data=data.merged_min_ns)
-            h.create_dataset("merged_max_ns", data=data.merged_max_ns)
-            h.create_dataset("merged_sum_ns", data=data.merged_sum_ns)
-            h.create_dataset("per_rank", data=data.per_rank, compression="gzip")
-            h.create_dataset("per_rank_min_ns", data=data.per_rank_min_ns)
-            h.create_dataset("per_rank_max_ns", data=data.per_rank_max_ns)
-            h.create_dataset("per_rank_sum_ns", data=data.per_rank_sum_ns)
-            c = f.create_group("counters")
-            _strings(c, "names", data.counter_names)
-            c.create_dataset("per_rank", data=data.counters)
-            c.create_dataset("merged", data=data.counters.sum(axis=0))
-            t = f.create_group("timeseries")
-            t.attrs["interval_s"] = 1.0
-            _strings(t, "names", data.series_names)
-            t.create_dataset("per_rank", data=data.series, compression="gzip")
-            r = f.create_group("ranks")
-            r.create_dataset("elapsed_ns", data=data.elapsed_ns)
-            _strings(r, "environment", [json.dumps(e) for e in data.env])
-            _strings(f, "errors", data.errors)
-            f.attrs["summary"] = json.dumps(summary, default=_plain)
+        with open(tmp, "wb") as fh:
+            fh.write(image.getbuffer())
         commit()
     finally:
         if os.path.exists(tmp):

@@ -34,6 +34,9 @@ TEMPLATES = {
     "document": ((4096, 16384), (200, 800), (0.3, 1.5)),
 }
 
+MAX_USERS = 10_000
+
+
 class SyntheticWorkload(Workload):
     """Multi-turn users from the reference's templates, shared system prompts, QoS mix."""
 
@@ -60,6 +63,10 @@ class SyntheticWorkload(Workload):
         def check(self) -> None:
             if self.users < 1:
                 raise ConfigError(f"workload.users={self.users}: need at least 1 user")
+            if self.users > MAX_USERS:   # set-up makes every user on every rank
+                raise ConfigError(f"workload.users={self.users}: more than {MAX_USERS:,} users take"
+                                  " longer to set up than a run lasts; use fewer users, or a"
+                                  " trace")
             weights(self.templates, list(TEMPLATES), "templates")
             weights(self.qos_mix, QOS_CLASSES, "qos_mix")
             for name in ("system_prompts", "system_prompt_tokens", "follow_up_tokens_min",

@@ -134,6 +134,7 @@ class TraceParams:
     max_requests: int = 0
     qos_mix: dict = dataclasses.field(default_factory=default_mix)
     routing: str = "user"
+    max_request_tokens: int = 2_000_000   # prompt + output of one record; more is a mistake
 
     FORMAT = "trace"     # what the messages call the file (a class attribute, not a field)
 
@@ -155,6 +156,9 @@ class TraceParams:
                               " (0 = the trace's own timestamps)")
         if self.max_requests < 0:
             raise ConfigError(f"workload.max_requests={self.max_requests}: give 0 (all) or more")
+        if self.max_request_tokens < 1:
+            raise ConfigError(f"workload.max_request_tokens={self.max_request_tokens}: give a"
+                              " positive token count")
         parse_mix(self.qos_mix)
         if self.routing not in ROUTINGS:
             raise ConfigError(f"workload.routing={self.routing!r}: use one of {', '.join(ROUTINGS)}"
@@ -312,6 +316,7 @@ class LineTrace(TraceWorkload):
                 except Skip as why:
                     self.skip(str(why))
                     continue
+                self._bounded(rec, records)
                 times.append(rec.time_s)
                 offsets.append(off)
                 ordinals.append(records - 1)
@@ -334,6 +339,17 @@ class LineTrace(TraceWorkload):
         self._facts["in_time_order"] = in_order
         return Scan(requests=len(order), users=int((k < 0).sum()) + len(self._turns),
                     stride=records, t_first=float(t[order[0]]), t_last=float(t[order[-1]]))
+
+    def _bounded(self, rec: Record, number: int) -> None:
+        """Refuses, at set-up, a record no run could serve in its window (a 2e9-token
+        prompt would keep the chunk-key code busy for minutes)."""
+        prompt = rec.prompt[0] if isinstance(rec.prompt, tuple) else rec.prompt
+        size = (prompt if isinstance(prompt, int) else 0) + rec.output_tokens
+        limit = self.params.max_request_tokens
+        if size > limit:
+            raise ConfigError(f"workload.trace: record {number} of {self.params.trace} asks for"
+                              f" {size:,} tokens, over workload.max_request_tokens={limit:,}; drop"
+                              " the record or raise the limit")
 
     def _ordered(self, fh: IO[bytes], n: int) -> Iterator[tuple[int, Record]]:
         """(number in the file, record) of the first ``n`` usable records by time."""
