@@ -114,12 +114,14 @@ def _tier_facts(data: Collected, level: str) -> list[dict[str, Any]]:
 
 def o_direct(data: Collected) -> bool | None:
     """Every storage tier used O_DIRECT (None: no file-backed storage tier)."""
-    storage = [t for t in _tier_facts(data, "storage") if "o_direct" in t]
+    storage = [t for e in data.env for t in e["tiers"] if "o_direct" in t]   # at any level
     return all(t["o_direct"] for t in storage) if storage else None
 
 
 def hbm_emulated(data: Collected) -> bool | None:
-    hbm = _tier_facts(data, "hbm")
+    """The HBM level is emulated in host memory (None: no ``hbm`` plug-in at that level;
+    another plug-in, e.g. ``null`` or ``dram``, may stand there)."""
+    hbm = [t for t in _tier_facts(data, "hbm") if "emulated" in t]
     return any(t["emulated"] for t in hbm) if hbm else None
 
 

@@ -417,7 +417,11 @@ class CsvTrace(LineTrace):
                        if c in self.columns}
         while True:
             off = lines.pos
-            row = next(reader, None)
+            try:
+                row = next(reader, None)
+            except csv.Error:   # binary garbage: a NUL, a bare CR inside a field
+                self.skip("a row that is not CSV text")
+                continue
             if row is None:
                 return
             if any(cell.strip() for cell in row):
