@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from mpi_kvbench import __version__
 from mpi_kvbench.calibrate import calibrate
 from mpi_kvbench.config import Config
 from mpi_kvbench.context import RankContext
@@ -27,9 +28,9 @@ from mpi_kvbench.distribute import replica_requests
 from mpi_kvbench.engine import Engine, EngineSettings, StopReason, disagg
 from mpi_kvbench.environment import describe
 from mpi_kvbench.errors import ConfigError, RunFailed
-from mpi_kvbench.mpi.comm import Comm, topology, world
+from mpi_kvbench.mpi.comm import Comm, check_launch, topology, world
 from mpi_kvbench.mpi.reduce import collect, group_latency
-from mpi_kvbench.progress import Progress
+from mpi_kvbench.progress import Console, Progress
 from mpi_kvbench.registry import POLICIES, WORKLOADS
 from mpi_kvbench.results.collected import Collected
 from mpi_kvbench.results.hdf5 import attributes, write_hdf5, write_summary
@@ -88,6 +89,7 @@ class Run:
     workload: Any = None
     requests: Iterator[Request] = iter(())
     calibration: list | None = None
+    console: Console = field(default_factory=lambda: Console(False))   # rank 0's live output
 
     @property
     def decode(self) -> bool:
@@ -104,9 +106,12 @@ class Phase:
     error: str | None = None
 
 
-def execute(cfg: Config, command_line: str) -> int:
+def execute(cfg: Config, command_line: str, quiet: bool = False) -> int:
     """Runs the benchmark on every rank; returns the process exit status."""
-    run = _start(cfg, world(), command_line)
+    comm = world()
+    check_launch(comm.size, dict(os.environ))
+    run = _start(cfg, comm, command_line)
+    run.console = Console(comm.rank == 0 and not quiet)
     try:
         _set_up(run)
         phase = _measure(run)
@@ -140,10 +145,13 @@ def _set_up(run: Run) -> None:
     cfg, comm, ctx = run.cfg, run.comm, run.ctx
     one_writer = cfg.model.kind == "mla" and cfg.kv.mla_mode == "one_writer" and ctx.tp_size > 1
     object_bytes = cfg.geometry.object_bytes
+    say = run.console.line
+    say(f"set-up: {comm.size} ranks, opening tiers, reading the workload")
     exc = None
     try:
         storage = [t for t in cfg.tiers if t.kind == "storage"]
         if cfg.run.calibrate and storage:
+            say(f"calibration: {cfg.run.calibrate_gb:g} GB per rank, written then read")
             comm.barrier()   # every rank calibrates at once, as they will run
             run.calibration = calibrate(
                 storage[0].params, ctx, object_bytes, cfg.io.io_depth,
@@ -151,6 +159,9 @@ def _set_up(run: Run) -> None:
         run.tiers = open_tiers(cfg.tiers, ctx, object_bytes, one_writer=one_writer,
                                group_bcast=run.group.bcast)
         run.workload = WORKLOADS.load(cfg.workload_kind)(cfg.workload, cfg.run.seed)
+        if getattr(cfg.workload, "trace", "") and comm.rank == 0:
+            say(f"trace: reading {cfg.workload.trace}")
+            run.workload.on_progress = run.console.bar("trace")
     except Exception as err:   # noqa: BLE001 - every rank must hear of it
         exc = err
     agree(comm, exc)
@@ -171,6 +182,31 @@ def _set_up(run: Run) -> None:
         exc = err
     agree(comm, exc)
     run.calibration = comm.gather(run.calibration)
+    _banner(run)
+
+
+def _banner(run: Run) -> None:
+    """Rank 0's live summary of what will run: ranks, nodes, model, tiers, paths, file systems."""
+    if not run.console.enabled:
+        return
+    cfg, ctx = run.cfg, run.ctx
+    say = run.console.line
+    say(f"mpi_kvbench {__version__}: {ctx.world_size} ranks on {ctx.nodes} node(s), TP"
+        f" {ctx.tp_size} x {ctx.replicas}, model {cfg.model.name},"
+        f" {cfg.geometry.object_bytes / 1e6:.2f} MB objects, workload {cfg.workload_kind}")
+    for tier in run.tiers:
+        info = tier.info()
+        where = f" at {info['path']}" if info.get("path") else ""
+        fs = f" ({info['fs_type']})" if info.get("fs_type") else ""
+        say(f"tier {tier.level}: {tier.name}, {tier.capacity_bytes / 1e9:.3f} GB per rank,"
+            f" {tier.slots} slots{where}{fs}")
+    skips = getattr(run.workload, "_skips", None)
+    if skips:
+        say("trace rows skipped: " + ", ".join(f"{n} x {why}" for why, n in skips.most_common()))
+    stop = [f"{cfg.run.duration_s:g} s" if cfg.run.duration_s else "",
+            f"{cfg.run.max_requests} requests per TP group" if cfg.run.max_requests else ""]
+    say(f"results: {os.path.abspath(run.out_dir)}; stops after "
+        + (" or ".join(x for x in stop if x) or "the trace ends"))
 
 
 def _measure(run: Run) -> Phase:
@@ -180,7 +216,10 @@ def _measure(run: Run) -> Phase:
     start = time.perf_counter_ns()
     try:
         if run.cfg.run.precondition > 0:
-            run.engine.precondition(run.cfg.run.precondition)
+            run.console.line(f"preconditioning: filling {run.cfg.run.precondition:.0%} of the"
+                             " storage tier (not measured)")
+            run.engine.precondition(run.cfg.run.precondition,
+                                    progress=run.console.bar("preconditioning (rank 0, objects)"))
         _warm_up(run)
         start = time.perf_counter_ns()
         phase = _measured_phase(run)
@@ -196,6 +235,7 @@ def _warm_up(run: Run) -> None:
     """Serves requests, unmeasured, for ``run.warmup_s`` seconds (fills the cache)."""
     if run.cfg.run.warmup_s <= 0:
         return
+    run.console.line(f"warm-up: {run.cfg.run.warmup_s:g} s, not measured")
     run.comm.barrier()
     t0 = time.perf_counter_ns()
     run.engine.start_phase(t0)
@@ -210,7 +250,9 @@ def _measured_phase(run: Run) -> Phase:
     start, wall_start = time.perf_counter_ns(), time.time_ns()
     engine.start_phase(start)
     deadline = start + int(cfg.run.duration_s * 1e9) if cfg.run.duration_s else None
-    progress = Progress(comm.rank == 0, start, cfg.run.duration_s)
+    run.console.line("measured phase: started" + (f", {cfg.run.duration_s:g} s"
+                                                   if cfg.run.duration_s else ""))
+    progress = Progress(run.console, start, cfg.run.duration_s)
     if run.decode:
         why = disagg.decode_loop(engine, comm, cfg.engine.prefill_groups)
     else:
@@ -220,6 +262,7 @@ def _measured_phase(run: Run) -> Phase:
         run.handoff.finish()
     elapsed = time.perf_counter_ns() - start
     progress.done()
+    run.console.line(f"measured phase: done on rank 0 after {elapsed / 1e9:.1f} s; collecting results")
     if why is StopReason.SHARE and cfg.run.stonewall:
         comm.notify_stop("stonewall")
     engine.end_phase()
