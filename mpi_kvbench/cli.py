@@ -68,7 +68,9 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:   # one line, not usage + message
         if message.startswith("unrecognized arguments: "):
             flag = message.split(": ", 1)[1].split()[0].split("=")[0]
-            close = difflib.get_close_matches(flag, self.flags(), n=1)
+            flags = self.flags()
+            close = [f for f in flags if f.startswith(flag)] if flag.startswith("--") else []
+            close = close if len(close) == 1 else difflib.get_close_matches(flag, flags, n=1)
             if close:
                 raise ConfigError(f"{flag}: unknown flag; did you mean {close[0]}? (see --help)")
         raise ConfigError(f"{message} (see --help)")
@@ -277,6 +279,11 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     return execute(cfg, shlex.join(["python", "-m", "mpi_kvbench", *argv]), quiet=args.quiet)
 
 
+def one_line(err: BaseException) -> str:
+    """The message on one line: control characters from the user's input escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(err))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
@@ -299,9 +306,9 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(args, argv)
     except ConfigError as err:
         if launch_rank() == 0:
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     except RunFailed as err:   # every rank agreed on it; rank 0 says it
         if launch_rank() == 0:
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {one_line(err)}", file=sys.stderr)
         return 2 if err.config else 1
