@@ -322,6 +322,13 @@ def validate(raw: dict) -> Config:
         if key not in TOP_KEYS:
             raise unknown(key, key, TOP_KEYS)
     clean(raw, "config")  # NaN, infinity, NUL and 64-bit overflow, wherever they hide
+    for key in TOP_KEYS:
+        if raw.get(key) is not None and not isinstance(raw[key], dict):
+            raise ConfigError(f"{key}={raw[key]!r}: expected a mapping of settings")
+    for level, sec in (raw.get("tiers") or {}).items():
+        if sec is not None and not isinstance(sec, dict):
+            raise ConfigError(f"tiers.{level}={sec!r}: expected a mapping like"
+                              " {kind: storage, capacity_gb: 4}")
     sections = {name: build_dataclass(cls, raw.get(name) or {}, name)
                 for name, cls in SECTIONS.items()}
     for sec in sections.values():
@@ -349,6 +356,9 @@ def validate(raw: dict) -> Config:
             raise ConfigError(f"tiers.{level}.capacity_gb={cap!r}: give a size in GB from 0 to"
                               f" {MAX_CAPACITY_GB:g}")
         params = TIERS.params(kind, sec, f"tiers.{level}")
+        if cap > 0 and int(cap * 1e9) == 0:
+            raise ConfigError(f"tiers.{level}.capacity_gb={cap!r}: less than one byte; give 0 (off)"
+                              " or a real size")
         if cap > 0:
             tiers.append(TierSpec(level, kind, int(cap * 1e9), params))
     tiers.sort(key=lambda t: TIER_LEVELS.index(t.level))

@@ -219,7 +219,7 @@ def nested(key: str, value: object) -> dict:
     return out
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.sampled_from(KEYS), VALUES), min_size=1, max_size=3))
 def test_the_loader_raises_only_config_errors(changes: list[tuple[str, object]]) -> None:
     try:
@@ -241,7 +241,7 @@ TEXT = st.one_of(st.sampled_from(["nan", "inf", "-inf", "1e5", "1e400", str(2**6
                  st.integers().map(str), st.floats().map(str), st.text(max_size=6))
 
 
-@settings(max_examples=150, deadline=None,
+@settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.sampled_from(FLAGS), TEXT), min_size=1, max_size=3))
 def test_the_command_line_exits_0_or_2_with_one_line(capsys: pytest.CaptureFixture[str],
