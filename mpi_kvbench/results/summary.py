@@ -291,9 +291,9 @@ def provenance(data: Collected, run: RunFacts) -> dict[str, Any]:
     for level in run.tiers:
         facts = _tier_facts(data, level)
         tiers[level] = {
-            "kind": sorted({t["kind"] for t in facts}),
-            "capacity_gb_per_rank": sorted({round(t["capacity_bytes"] / 1e9, 6) for t in facts}),
-            "slots_per_rank": sorted({t["slots"] for t in facts}),
+            "kind": sorted({t.get("kind") or "?" for t in facts}),
+            "capacity_gb_per_rank": sorted({round(t.get("capacity_bytes", 0) / 1e9, 6) for t in facts}),
+            "slots_per_rank": sorted({t.get("slots", 0) for t in facts}),
             "paths": [t["path"] for t in facts if t.get("path")],
             "fs_types": sorted({t["fs_type"] for t in facts if t.get("fs_type")}),
         }

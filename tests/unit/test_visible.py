@@ -151,8 +151,8 @@ def test_quiet_and_all_null_tiers(tmp_path: Path, capsys: pytest.CaptureFixture[
     """Trace mode's basis: every level a null tier. --quiet: the table only, no live line."""
     trace = garbage_trace(tmp_path / "t.csv")
     args = [*TINY, "--results-dir", str(tmp_path / "res"), "--workload", "burstgpt",
-            "--trace", str(trace), "--trace-speedup", "1000", "--set", "tiers.hbm.kind=null", "--set", "tiers.dram.kind=null",
-            "--set", "tiers.storage.kind=null"]
+            "--trace", str(trace), "--trace-speedup", "1000", "--set", "tiers.hbm.kind=null",
+            "--set", "tiers.dram.kind=null", "--set", "tiers.storage.kind=null"]
     code, out, err = in_process(tmp_path, capsys, monkeypatch, *args, "--run-name", "q", "--quiet")
     assert code == 0, err
     assert not [line for line in out.splitlines() if line.startswith("> ")], out
