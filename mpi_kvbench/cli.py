@@ -113,15 +113,21 @@ def number(text: str) -> float:
 
 def _defaults() -> dict[str, object]:
     """flag -> its value in the packaged defaults (or the synthetic workload's), for --help."""
+    import dataclasses
+
     from mpi_kvbench.config import default_dict
+    from mpi_kvbench.registry import WORKLOADS
 
     raw = default_dict()
+    workload = {f.name: f.default for f in dataclasses.fields(WORKLOADS.load(raw["workload"]["kind"]).Params)}
     out: dict[str, object] = {}
     for flag, key in RUN_FLAGS.items():
         node: object = raw
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None
-        if node is not None and node != "":
+        if node is None and key.startswith("workload."):
+            node = workload.get(key.split(".", 1)[1])
+        if node is not None and node != "" and node is not dataclasses.MISSING:
             out[flag] = node
     return out
 
@@ -145,11 +151,11 @@ def build_parser() -> Parser:
     sub = p.add_subparsers(dest="command", parser_class=Parser)
 
     run = sub.add_parser("run", help="run the benchmark (the default command)")
-    run.add_argument("--config", help="YAML workload file (see configs/)")
+    run.add_argument("--config", help="YAML workload file, or a shipped one by name (see `configs`)")
     run.add_argument("--model", help="model key (see `models`)")
     run.add_argument("--duration", type=number, metavar="SECONDS", help="measured phase length")
     run.add_argument("--max-requests", type=integer, metavar="N", help="requests per TP group")
-    run.add_argument("--seed", type=integer)
+    run.add_argument("--seed", type=integer, help="trace and placement seed")
     run.add_argument("--results-dir", metavar="DIR", help="where runs land (default results/)")
     run.add_argument("--run-name", metavar="NAME", help="run folder name (default a timestamp)")
     run.add_argument("--cache-dir", metavar="PATH_TEMPLATE",

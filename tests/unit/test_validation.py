@@ -219,7 +219,7 @@ def nested(key: str, value: object) -> dict:
     return out
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.sampled_from(KEYS), VALUES), min_size=1, max_size=3))
 def test_the_loader_raises_only_config_errors(changes: list[tuple[str, object]]) -> None:
     try:

@@ -331,3 +331,15 @@ def test_sbatch_script_passes_the_time_limit_warning_to_the_step(tmp_path: Path)
     _, stderr = proc.communicate(timeout=60)
     assert (tmp_path / "term").exists(), stderr
     assert "time limit near" in stderr and proc.returncode == 0
+
+
+def test_version_and_help_print_once_under_mpirun(tmp_path: Path) -> None:
+    """Real mpirun, two ranks: one copy of each, from rank 0."""
+    mpirun = shutil.which("mpirun")
+    if not mpirun:
+        pytest.skip("no mpirun")
+    for args, marker in ((["--version"], "mpi_kvbench "), (["run", "--help"], "usage: ")):
+        proc = subprocess.run([mpirun, "-n", "2", sys.executable, "-m", "mpi_kvbench", *args],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300, env=clean_env())
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.count(marker) == 1, proc.stdout
