@@ -23,6 +23,7 @@ def calibrate(params: StorageTier.Params, ctx: RankContext, object_bytes: int, i
     own run id keeps the file (and a scratch directory) apart from the run's."""
     tier = StorageTier(params, size_bytes, object_bytes, level="storage")
     tier.open(dataclasses.replace(ctx, run_id=f"{ctx.run_id}-calibrate"))
+    tier.unlink()   # nobody else opens it: nameless from the start, so nothing can leak
     payload = PayloadSource(object_bytes, io_depth, "reuse")
     pool = IOPool([tier], object_bytes, io_depth, payload, verify=False)
     try:

@@ -317,4 +317,4 @@ def main(argv: list[str] | None = None) -> int:
     except RunFailed as err:   # every rank agreed on it; rank 0 says it
         if launch_rank() == 0:
             print(f"error: {one_line(err)}", file=sys.stderr)
-        return 2 if err.config else 1
+        return err.status

@@ -72,15 +72,25 @@ class RunSection:
     calibrate: bool
     calibrate_gb: float
     precondition: float
+    watchdog_s: float
 
     def check(self) -> None:
-        non_negative(self, "run", ("duration_s", "max_requests", "warmup_s", "seed"))
+        non_negative(self, "run", ("duration_s", "max_requests", "warmup_s", "watchdog_s", "seed"))
         positive(self, "run", ("calibrate_gb",))
         if not 0 <= self.precondition <= 1:
             raise ConfigError(f"run.precondition={self.precondition}: give a share of the storage"
                               " capacity between 0 and 1")
-        if "/" in self.run_name or self.run_name in (".", ".."):
-            raise ConfigError(f"run.run_name={self.run_name!r}: use a plain name without '/'")
+        if "/" in self.run_name or "\0" in self.run_name or self.run_name in (".", ".."):
+            raise ConfigError(f"run.run_name={self.run_name!r}: use a plain name without '/'"
+                              " or NUL")
+        if len(self.run_name.encode()) > MAX_RUN_NAME:
+            raise ConfigError(f"run.run_name: {len(self.run_name.encode())} bytes is too long for a"
+                              f" folder name; use at most {MAX_RUN_NAME}")
+        if "\0" in self.results_dir:
+            raise ConfigError("run.results_dir: the path holds a NUL byte; give a plain path")
+
+
+MAX_RUN_NAME = 200   # bytes: a folder name (255 at most) with room for a "-<run id>" suffix
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,12 @@
 phases -> reductions -> result. Every rank runs it; rank 0 also writes the result.
 
 Failure: a rank that fails during set-up makes every rank raise the same error (they
-agree by allgather before going on). A rank that fails during the measured phase tells
-the others to stop (they check between requests and while waiting), and every rank
-still takes part in the reductions, so rank 0 keeps a partial result marked
-``complete: false`` and the run exits non-zero.
+agree by allgather before going on). A rank that fails during the measured phase, a
+signal (SIGINT, SIGTERM, SIGHUP) on any rank, or the watchdog tells the others to stop
+(they check between requests and while waiting), and every rank still takes part in
+the reductions, so rank 0 keeps a partial result marked ``complete: false``. A rank that
+must leave anywhere else ends the whole job (MPI Abort) rather than leave the others
+waiting. The exit status names the cause, the same on every rank (``errors``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,7 +30,10 @@ from mpi_kvbench.context import RankContext
 from mpi_kvbench.distribute import replica_requests
 from mpi_kvbench.engine import Engine, EngineSettings, StopReason, disagg
 from mpi_kvbench.environment import describe
-from mpi_kvbench.errors import ConfigError, RunFailed
+from mpi_kvbench.errors import CONFIG, FAILED, OK, ConfigError, RunFailed
+from mpi_kvbench.interrupt import Interrupts
+from mpi_kvbench.interrupt import name as signal_name
+from mpi_kvbench.interrupt import status as signal_status
 from mpi_kvbench.mpi.comm import Comm, check_launch, topology, world
 from mpi_kvbench.mpi.reduce import collect, group_latency
 from mpi_kvbench.progress import Console, Progress
@@ -47,7 +53,8 @@ def engine_settings(cfg: Config) -> EngineSettings:
         promotion=e.promotion, prefill_tokens_per_s=e.prefill_tokens_per_s,
         time_per_output_token_ms=e.time_per_output_token_ms, high_watermark=e.high_watermark,
         low_watermark=e.low_watermark, io_depth=io.io_depth, payload=io.payload, verify=io.verify,
-        max_batch=e.max_batch, scheduling=e.scheduling)
+        max_batch=e.max_batch, scheduling=e.scheduling,
+        watchdog_s=cfg.run.watchdog_s)
 
 
 def policy_factory(cfg: Config):
@@ -55,15 +62,20 @@ def policy_factory(cfg: Config):
     return functools.partial(POLICIES.load(cfg.engine.policy), cfg.policy_params)
 
 
-def agree(comm: Comm, exc: BaseException | None) -> None:
-    """Raises the same RunFailed on every rank when any rank failed."""
-    mine = None if exc is None else (f"rank {comm.rank}: {exc}", isinstance(exc, ConfigError))
+def agree(comm: Comm, exc: BaseException | None, signals: Interrupts | None = None) -> None:
+    """Raises the same RunFailed on every rank when any rank failed or got a signal."""
+    mine = None
+    if exc is not None:
+        mine = (f"rank {comm.rank}: {exc}", CONFIG if isinstance(exc, ConfigError) else FAILED)
+    elif signals is not None and signals.received:
+        mine = (f"rank {comm.rank}: stopped by {signal_name(signals.received)} during set-up",
+                signal_status(signals.received))
     failures = [f for f in comm.allgather(mine) if f]
     if failures:
-        message, config = failures[0]
+        message, status = min(failures, key=lambda f: f[1])   # a mistake outranks a signal
         if comm.size == 1:
             message = message.split(": ", 1)[1]
-        raise RunFailed(message, config)
+        raise RunFailed(message, status)
 
 
 def _holds_result(out_dir: str) -> bool:
@@ -90,6 +102,7 @@ class Run:
     requests: Iterator[Request] = iter(())
     calibration: list | None = None
     console: Console = field(default_factory=lambda: Console(False))   # rank 0's live output
+    signals: Interrupts = field(default_factory=Interrupts)
 
     @property
     def decode(self) -> bool:
@@ -103,23 +116,53 @@ class Phase:
 
     elapsed_ns: int = 0
     wall_ns: tuple[int, int] = (0, 0)     # Unix time of its start and end
-    error: str | None = None
+    error: str | None = None              # why it ended early on this rank
+    interrupted: bool = False             # ... a signal, not a failure
 
 
 def execute(cfg: Config, command_line: str, quiet: bool = False) -> int:
     """Runs the benchmark on every rank; returns the process exit status."""
     comm = world()
     check_launch(comm.size, dict(os.environ))
-    run = _start(cfg, comm, command_line)
-    run.console = Console(comm.rank == 0 and not quiet)
-    try:
-        _set_up(run)
-        phase = _measure(run)
-        data = _reduce(run, phase)
-        _tear_down(run)
-    finally:
-        _close(run)
-    return _report(run, data, phase)
+    with Interrupts() as signals:
+        run = _start(cfg, comm, command_line)
+        run.console = Console(comm.rank == 0 and not quiet)
+        run.signals = signals
+        signals.leave = functools.partial(_forget, run)
+        comm.watch(lambda: signals.received and f"{signal_name(signals.received)} on rank {comm.rank}")
+        try:
+            _set_up(run)
+            phase = _measure(run)
+            data = _reduce(run, phase)
+            _tear_down(run)
+            status = _report(run, data, phase)
+        except RunFailed:
+            _close(run)
+            raise
+        except BaseException as err:   # noqa: BLE001 - leaving alone: the others must not wait
+            _leave_alone(run, err)
+            return FAILED
+    if run.engine is not None and run.engine.stalled:   # a thread is stuck in the device
+        comm.exit_now(status)
+    return status
+
+
+def _leave_alone(run: Run, err: BaseException) -> None:
+    """This rank cannot go on with the others: one line, its scratch removed, and every
+    rank ended (returns only in a world of one rank)."""
+    print(f"error: rank {run.comm.rank}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+    _forget(run)
+    run.comm.abort(FAILED)
+
+
+def _forget(run: Run) -> None:
+    """Removes what this rank still has named on disk; for the ways out that skip tear-down."""
+    for tier in run.tiers:
+        try:
+            tier.unlink()
+            tier.cleanup()
+        except Exception:   # noqa: BLE001, S110 - leaving anyway; remove what can be removed
+            pass
 
 
 def _start(cfg: Config, comm: Comm, command_line: str) -> Run:
@@ -132,12 +175,32 @@ def _start(cfg: Config, comm: Comm, command_line: str) -> Run:
     disagg.check(cfg.engine.prefill_groups, ctx, [t.level for t in cfg.tiers])
     run = Run(cfg, comm, group, ctx, os.path.join(cfg.run.results_dir, run_name), run_name,
               started, command_line)
-    exc = None
-    if comm.rank == 0 and _holds_result(run.out_dir):   # the directory is made only to write
-        exc = ConfigError(f"run.run_name={run_name!r}: {run.out_dir} already holds a result;"
-                          " choose another --run-name")
-    agree(comm, exc)
+    agree(comm, check_result_path(run.out_dir) if comm.rank == 0 else None)
     return run
+
+
+def check_result_path(out_dir: str) -> ConfigError | None:
+    """Whether the result can be written at ``out_dir``, checked before the run rather
+    than found out after it (the directory itself is made only to write)."""
+    if _holds_result(out_dir):
+        return ConfigError(f"run.run_name: {out_dir} already holds a result; choose another"
+                           " --run-name")
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        return ConfigError(f"run.run_name: {out_dir} is a file, not a folder; choose another"
+                           " --run-name")
+    if len(os.path.abspath(out_dir).encode()) > 3900:
+        return ConfigError("run.results_dir: the result path is too long for the file system;"
+                           " give a shorter --results-dir")
+    probe = os.path.abspath(out_dir)
+    while not os.path.isdir(probe):   # the deepest folder that exists must take new entries
+        if os.path.lexists(probe):
+            return ConfigError(f"run.results_dir: {probe} is a file, not a folder; give another"
+                               " --results-dir")
+        probe = os.path.dirname(probe)
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return ConfigError(f"run.results_dir: {probe} is not writable; give a writable"
+                           " --results-dir")
+    return None
 
 
 def _set_up(run: Run) -> None:
@@ -164,7 +227,7 @@ def _set_up(run: Run) -> None:
             run.workload.on_progress = run.console.bar("trace")
     except Exception as err:   # noqa: BLE001 - every rank must hear of it
         exc = err
-    agree(comm, exc)
+    agree(comm, exc, run.signals)
     for tier in run.tiers:   # a TP group's ranks must plan alike: the smallest capacity rules
         tier.limit_capacity(run.group.allreduce(tier.capacity_bytes, "min"))
     try:
@@ -178,9 +241,16 @@ def _set_up(run: Run) -> None:
         run.engine = Engine(engine_settings(cfg), run.tiers, policy_factory(cfg),
                             write_level=write_level, sources=run.sources, on_prefilled=run.handoff)
         run.requests = replica_requests(run.workload, ctx, comm, k or None, cfg.kv.chunk_tokens)
+        if comm.rank == 0:
+            check_window(run.workload.info(), cfg)
     except Exception as err:   # noqa: BLE001
         exc = err
-    agree(comm, exc)
+    agree(comm, exc, run.signals)
+    for tier in run.tiers:   # every rank has opened what it reads of the others' files
+        tier.unlink()
+    comm.barrier()
+    for tier in run.tiers:
+        tier.cleanup()
     run.calibration = comm.gather(run.calibration)
     _banner(run)
 
@@ -209,6 +279,22 @@ def _banner(run: Run) -> None:
         + (" or ".join(x for x in stop if x) or "the trace ends"))
 
 
+MAX_SPAN_S = 86_400   # a replay longer than a day at --duration 0 is a mistake, not a plan
+
+
+def check_window(info: dict, cfg: Config) -> None:
+    """Refuses a trace that would run for days when the run has no other limit."""
+    span = info.get("span_s")
+    if span is None or cfg.run.duration_s or cfg.run.max_requests:
+        return
+    speedup = info.get("speedup") or 1.0
+    wall = span * info.get("replay_cycles", 1) / speedup
+    if info.get("request_rate", 0) <= 0 and wall > MAX_SPAN_S:
+        raise ConfigError(f"workload.trace: replaying it takes {wall / 86400:.1f} days at"
+                          f" speedup {speedup:g} and run.duration_s=0 waits for the end; give"
+                          " --trace-speedup, --duration or --max-requests")
+
+
 def _measure(run: Run) -> Phase:
     """Pre-conditioning, warm-up and the measured phase; a failure is kept, not raised,
     after telling the other ranks to stop."""
@@ -218,16 +304,19 @@ def _measure(run: Run) -> Phase:
         if run.cfg.run.precondition > 0:
             run.console.line(f"preconditioning: filling {run.cfg.run.precondition:.0%} of the"
                              " storage tier (not measured)")
-            run.engine.precondition(run.cfg.run.precondition,
+            run.engine.precondition(run.cfg.run.precondition, stop=run.comm.stop_requested,
                                     progress=run.console.bar("preconditioning (rank 0, objects)"))
         _warm_up(run)
         start = time.perf_counter_ns()
         phase = _measured_phase(run)
-    except Exception as err:   # noqa: BLE001 - the others must stop and the result be kept
+    except BaseException as err:   # noqa: BLE001 - the others must stop and the result be kept
         phase.error = f"rank {run.comm.rank}: {type(err).__name__}: {err}"
         run.comm.notify_stop(phase.error)
         phase.elapsed_ns = phase.elapsed_ns or time.perf_counter_ns() - start
         phase.wall_ns = (phase.wall_ns[0] or time.time_ns(), time.time_ns())
+    if run.signals.received and phase.error is None:
+        phase.error = f"rank {run.comm.rank}: stopped by {signal_name(run.signals.received)}"
+        phase.interrupted = True
     return phase
 
 
@@ -291,19 +380,33 @@ def _tear_down(run: Run) -> None:
 
 
 def _close(run: Run) -> None:
-    """Idempotent: also the clean-up after a failed set-up."""
-    if run.engine is not None:
-        run.engine.close()
-    for tier in (*run.sources, *run.tiers):
-        tier.close()
+    """Idempotent: also the clean-up after a failed set-up. One part failing to close
+    does not keep the others open, nor the result from being written."""
+    parts = [run.engine] if run.engine is not None else []
+    for part in (*parts, *run.sources, *run.tiers):
+        try:
+            part.close()
+        except Exception as err:   # noqa: BLE001 - a warning: the measurement is done
+            print(f"warning: rank {run.comm.rank}: closing {getattr(part, 'level', 'the engine')}:"
+                  f" {type(err).__name__}: {err}", file=sys.stderr)
 
 
 def _report(run: Run, data: Collected | None, phase: Phase) -> int:
-    """Rank 0 writes the result and tells the others the exit status."""
-    if run.comm.rank != 0:
-        return 1 if run.comm.bcast(None) else 0
-    status = _write(run, data, phase)
-    run.comm.bcast(status)
+    """Rank 0 writes the result; every rank exits with the status of the run's cause: a
+    rank's failure (1), else the signal that stopped it (128 + N), else 0."""
+    comm = run.comm
+    failed = comm.allreduce(int(phase.error is not None and not phase.interrupted), "max")
+    signum = comm.allreduce(run.signals.received, "max")
+    status = FAILED if failed else signal_status(signum) if signum else OK
+    if comm.rank != 0:
+        return comm.bcast(None)
+    try:
+        if not _write(run, data, phase):
+            status = status or FAILED
+    except BaseException as err:   # noqa: BLE001 - the others wait for the status below
+        print(f"error: rank 0: {type(err).__name__}: {err}", file=sys.stderr)
+        status = status or FAILED
+    comm.bcast(status)
     return status
 
 
@@ -323,26 +426,43 @@ def facts(run: Run) -> RunFacts:
         qos_metric=cfg.qos.metric, qos_targets_ms=cfg.qos.targets_ms)
 
 
-def _write(run: Run, data: Collected, phase: Phase) -> int:
-    """Rank 0: result.h5 and summary.json, then the console table."""
+def _write(run: Run, data: Collected, phase: Phase) -> bool:
+    """Rank 0: the console table first (the numbers survive whatever happens next), then
+    result.h5 and summary.json, in a fallback folder when the results folder fails; False
+    when the result could not be written where it was asked."""
     run_facts = facts(run)
     summary = summarize(data, run_facts)
+    print(render(summary), flush=True)
+    attrs = attributes(run_facts, summary, phase.wall_ns)
     out_dir = run.out_dir
-    try:
-        if _holds_result(out_dir):   # another run took the name meanwhile: keep both
-            out_dir = f"{out_dir}-{run.ctx.run_id}"
-            print(f"warning: the run name was taken while this run ran; writing {out_dir}",
-                  file=sys.stderr)
-        os.makedirs(out_dir, exist_ok=True)
-        write_hdf5(os.path.join(out_dir, "result.h5"), data,
-                   attributes(run_facts, summary, phase.wall_ns), summary)
-        write_summary(os.path.join(out_dir, "summary.json"), summary)
-    except OSError as err:
-        print(f"error: cannot write the result in {out_dir}: {err}", file=sys.stderr)
-        return 1
-    print(render(summary))
-    print(f"\n  result: {out_dir}/result.h5, {out_dir}/summary.json")
-    if data.errors:
-        print(f"error: {data.errors[0]}", file=sys.stderr)
-        return 1
-    return 0
+    if _holds_result(out_dir):   # another run took the name meanwhile: keep both
+        out_dir = f"{out_dir}-{run.ctx.run_id}"
+        print(f"warning: the run name was taken while this run ran; writing {out_dir}",
+              file=sys.stderr)
+    written = True
+    for where in (out_dir, *fallback_dirs(run.ctx.run_id)):
+        try:
+            os.makedirs(where, exist_ok=True)
+            write_hdf5(os.path.join(where, "result.h5"), data, attrs, summary)
+            write_summary(os.path.join(where, "summary.json"), summary)
+        except (OSError, ValueError, TypeError) as err:
+            print(f"error: cannot write the result in {where}: {err}", file=sys.stderr)
+            written = False
+            continue
+        if where != out_dir:
+            print(f"error: the result went to {where} instead", file=sys.stderr)
+        print(f"\n  result: {where}/result.h5, {where}/summary.json")
+        break
+    else:
+        print("error: the result could not be written anywhere; the table above is all"
+              " that is left", file=sys.stderr)
+    for error in data.errors[:1]:
+        print(f"error: {error}", file=sys.stderr)
+    return written
+
+
+def fallback_dirs(run_id: str) -> list[str]:
+    """Where a result goes when its folder cannot take it: the home folder, then the
+    temporary folder (a different file system, most often)."""
+    leaf = f"mpi_kvbench-{run_id}"
+    return [os.path.join(os.path.expanduser("~"), leaf), os.path.join(tempfile.gettempdir(), leaf)]

@@ -65,6 +65,11 @@ class IOPool:
         self.verify = verify
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(max_workers=depth, thread_name_prefix="io")
+        self._running: dict[int, tuple[Op, int]] = {}   # I/O thread -> its op, since when
+
+    def oldest(self) -> tuple[Op, int] | None:
+        """The operation in flight the longest and when it started (for the watchdog)."""
+        return min(list(self._running.values()), key=lambda r: r[1], default=None)
 
     def run(self, ops: Sequence[Op]) -> list[Done]:
         """Runs every op, at most ``depth`` at a time; returns when all are done."""
@@ -141,6 +146,14 @@ class IOPool:
         return Done(t0, t1, t1 - t0, t1 - t0, moved, moved, op.crc, ok)
 
     def _do(self, op: Op) -> Done:
+        me = threading.get_ident()
+        self._running[me] = (op, time.perf_counter_ns())
+        try:
+            return self._carry_out(op)
+        finally:
+            del self._running[me]
+
+    def _carry_out(self, op: Op) -> Done:
         clock = time.perf_counter_ns
         if op.kind == WRITE and self.tiers[op.dst].makes_payload:
             return self._produce(op)
@@ -176,5 +189,6 @@ class IOPool:
         t3 = clock()
         return Done(t0, t3, t1 - t0, t3 - t2, nread, nwrite, op.crc, ok)
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
+    def close(self, wait: bool = True) -> None:
+        """``wait=False`` after a stall: a thread stuck in a device call is left behind."""
+        self._pool.shutdown(wait=wait, cancel_futures=not wait)

@@ -75,6 +75,12 @@ class EngineSettings:
     verify: bool
     max_batch: int                   # requests in flight per rank
     scheduling: str                  # "fifo" or "priority"
+    watchdog_s: float                # an operation in flight this long ends the phase; 0: never
+
+
+class Stalled(RuntimeError):
+    """An operation has been in flight longer than the watchdog allows: the device (or a
+    file system behind it) stopped answering."""
 
 
 class StopReason(enum.Enum):
@@ -159,6 +165,7 @@ class Engine:
         self._user_done_ns: dict[int, int] = {}
         self._seq = 0
         self._stop: Callable[[], object] = lambda: None
+        self.stalled = False                     # the watchdog fired: a thread is stuck
         self._phase0 = (cpu_s(), 0.0, 0, 0)
         self.completed = 0
         self.peak_used = [0] * len(self.tiers)
@@ -289,16 +296,18 @@ class Engine:
         return True
 
     def precondition(self, share: float, batch: int = 64,
+                     stop: Callable[[], object] = lambda: None,
                      progress: Callable[[int, int], None] | None = None) -> int:
         """Fills the storage tier to ``share`` of its slots with objects no request will
         ever ask for (keys outside the 64-bit chain space), so an SSD is measured in
-        steady state and the cache starts full. Not measured; returns objects written."""
+        steady state and the cache starts full. Not measured; returns objects written.
+        A ``stop`` ends it after the batch in flight."""
         if "storage" not in self.names:
             return 0
         level = self.names.index("storage")
         target = int(share * self.cache.levels[level].slots)
         written = 0
-        while self.cache.levels[level].used < target:
+        while self.cache.levels[level].used < target and not stop():
             n = min(batch, target - self.cache.levels[level].used)
             keys = [(1 << 64) + self._seq + i for i in range(n)]
             plan = self.cache.place(keys, pinned=set(), level=level)
@@ -512,6 +521,7 @@ class Engine:
         for op, result in events:
             self._completed(op, result)
         now = time.perf_counter_ns()
+        self._watch(now)
         while self._timers and self._timers[0][0] <= now:
             _, _, flight = heapq.heappop(self._timers)
             if not flight.retired:
@@ -625,6 +635,22 @@ class Engine:
             self.recorder.count("batch.inflight_ns", len(self._flights) * (now - self._inflight_since))
             self._inflight_since = now
 
+    def _watch(self, now: int) -> None:
+        """The watchdog: raises ``Stalled`` when an operation has been running longer than
+        ``watchdog_s``, naming its tier and slot (the phase then ends on every rank)."""
+        limit = self.s.watchdog_s
+        oldest = self.pool.oldest() if limit else None
+        if oldest is None or now - oldest[1] <= limit * 1e9:
+            return
+        op, since = oldest
+        self.stalled = True
+        what = {READ: "read", WRITE: "write", MOVE: "move"}[op.kind]
+        where = self.pool.tiers[op.dst if op.kind == WRITE else op.src].level
+        slot = op.dst_slot if op.kind == WRITE else op.src_slot
+        raise Stalled(f"watchdog: a {where} {what} (slot {slot}) has been in flight for"
+                      f" {(now - since) / 1e9:.0f} s, over run.watchdog_s={limit:g}; check the"
+                      " device, or raise run.watchdog_s")
+
     def _wait_until(self, t_ns: int) -> bool:
         """Sleeps until ``t_ns`` in short slices, so a stop request is seen; False if stopped."""
         while (now := time.perf_counter_ns()) < t_ns:
@@ -634,5 +660,5 @@ class Engine:
         return True
 
     def close(self) -> None:   # idempotent
-        self.pool.close()
+        self.pool.close(wait=not self.stalled)
         self.payload.close()

@@ -7,8 +7,11 @@ Everything else (engine, tiers, metrics) takes plain values and never sees MPI.
 
 from __future__ import annotations
 
+import os
 import socket
+import sys
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -43,7 +46,10 @@ class Comm(Protocol):
     def poll(self, tag: int) -> Any: ...
     def notify_stop(self, reason: str) -> None: ...
     def stop_requested(self) -> str | None: ...
+    def watch(self, check: Callable[[], str | None]) -> None: ...
     def drain(self) -> None: ...
+    def abort(self, status: int) -> None: ...
+    def exit_now(self, status: int) -> None: ...
     @property
     def library(self) -> str: ...
 
@@ -52,6 +58,8 @@ class SerialComm:
     """A world of one rank: every collective is the identity."""
 
     rank, size = 0, 1
+    _stop_reason: str | None = None
+    _check: Callable[[], str | None] | None = None
 
     def barrier(self) -> None:
         pass
@@ -96,12 +104,36 @@ class SerialComm:
         return None
 
     def notify_stop(self, reason: str) -> None:
-        pass
+        self._stop_reason = self._stop_reason or reason
 
     def stop_requested(self) -> str | None:
-        return None
+        """The first stop reason: this rank's own (a signal, seen through ``watch``) or
+        one another rank sent."""
+        if self._stop_reason is None and self._check is not None and (reason := self._check()):
+            self.notify_stop(reason)
+        return self._stop_reason
+
+    def watch(self, check: Callable[[], str | None]) -> None:
+        """``check`` (a reason or None) is asked on every ``stop_requested``; a reason it
+        gives is sent to every rank as a stop."""
+        self._check = check
 
     def drain(self) -> None:
+        pass
+
+    def abort(self, status: int) -> None:
+        """Ends every rank now: for a rank that must leave alone (the others would wait
+        for it forever). Returns only in a world of one rank."""
+
+    def exit_now(self, status: int) -> None:
+        """Ends this process without joining its threads (one is stuck in a stalled device
+        call), after MPI's own orderly end."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._finalize()
+        os._exit(status)
+
+    def _finalize(self) -> None:
         pass
 
     @property
@@ -189,11 +221,11 @@ class MpiComm(SerialComm):
                 self._sent.append(self.comm.isend(reason, dest=dest, tag=TAG_STOP))
 
     def stop_requested(self) -> str | None:
-        """The first stop reason another rank sent, or None; a cheap Iprobe."""
+        """The first stop reason, this rank's own or one another rank sent; a cheap Iprobe."""
         if self._stop_reason is None and self.comm.Iprobe(source=self._MPI.ANY_SOURCE,
                                                           tag=TAG_STOP):
             self._stop_reason = self.comm.recv(source=self._MPI.ANY_SOURCE, tag=TAG_STOP)
-        return self._stop_reason
+        return super().stop_requested()
 
     def drain(self) -> None:
         """Completes sent stop notices and receives unread ones, so MPI finalizes cleanly."""
@@ -204,6 +236,12 @@ class MpiComm(SerialComm):
             req.wait()
         self._sent.clear()
         self.barrier()
+
+    def abort(self, status: int) -> None:
+        self._MPI.COMM_WORLD.Abort(status)
+
+    def _finalize(self) -> None:
+        self._MPI.Finalize()
 
     @property
     def library(self) -> str:

@@ -91,7 +91,7 @@ def _union(comm: Comm, names: dict) -> list[str]:
 
 def _trim(series: np.ndarray) -> int:
     """Drops trailing seconds that no rank touched."""
-    if series.size == 0:   # nothing recorded at all (e.g. the warm-up took every request)
+    if series.shape[-1] == 0:   # nothing recorded on any rank (a stop before the first second)
         return 0
     used = np.nonzero(series.reshape(-1, series.shape[-1]).any(axis=0))[0]
     return int(used[-1]) + 1 if used.size else 0

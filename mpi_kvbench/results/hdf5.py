@@ -1,7 +1,8 @@
 """The result: ``result.h5`` (everything) and ``summary.json`` (headlines), written by rank 0.
 
-Both are written under a temporary name in the run directory and renamed into place, so
-a reader never sees half a file and a crash never leaves a file that looks whole. The
+Both are written under a temporary name in the run directory, flushed to the device and
+renamed into place, so a reader never sees half a file and a crash (or a full disk) never
+leaves a file that looks whole; the temporary file is removed on every way out. The
 HDF5 layout (schema version 1) is documented in docs/RESULTS.md.
 """
 
@@ -41,7 +42,29 @@ def attributes(facts: RunFacts, summary: dict[str, Any], wall_ns: tuple[int, int
 
 def _atomic(path: str):
     tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    return tmp, lambda: os.replace(tmp, path)
+
+    def commit() -> None:   # the bytes reach the device before the name says they are whole
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    return tmp, commit
+
+
+def _attribute(value: Any) -> Any:
+    """A str or number as itself when HDF5 can hold it (a seed of 2**64 it cannot), else JSON."""
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        if not isinstance(value, int) or -2**63 <= value < 2**63:
+            return value
+    return json.dumps(value, default=_plain)
 
 
 def _strings(group: h5py.Group, name: str, values: list[str]) -> None:
@@ -52,10 +75,8 @@ def write_hdf5(path: str, data: Collected, attrs: dict[str, Any], summary: dict[
     tmp, commit = _atomic(path)
     try:
         with h5py.File(tmp, "w") as f:
-            for key, value in attrs.items():   # anything but a str or number is JSON text
-                plain = isinstance(value, str | int | float) and not isinstance(value, bool)
-                f.attrs[key] = value if plain or key == "complete" else json.dumps(value,
-                                                                                    default=_plain)
+            for key, value in attrs.items():
+                f.attrs[key] = value if key == "complete" else _attribute(value)
             h = f.create_group("histograms")
             h.attrs["unit"] = "ns"
             h.create_dataset("bucket_edges_ns", data=EDGES)

@@ -104,9 +104,15 @@ class Tier(abc.ABC):
         raise ConfigError(f"tiers.{self.level}: a {self.name} tier cannot be read by another rank;"
                           " use a file-backed storage tier")
 
+    def unlink(self) -> None:  # noqa: B027 - optional: most tiers name nothing on disk
+        """Called on every rank once every rank has opened what it needs of the others'
+        tiers (the end of set-up): removes the names this tier made on disk. Its data stays
+        reachable through its open descriptors, so a run killed by anything, SIGKILL
+        included, leaves nothing behind."""
+
     def cleanup(self) -> None:  # noqa: B027 - optional: most tiers leave nothing shared
-        """Called on every rank once every rank has closed its tiers: removes what ranks
-        made for each other (a shared directory)."""
+        """Called on every rank after every rank's ``unlink`` (and again at tear-down):
+        removes what ranks made for each other (a shared directory)."""
 
     # -- optional fast paths (see the module docstring); the defaults opt out ---------------
     def produce(self, slot: int, key: int, seq: int) -> int:

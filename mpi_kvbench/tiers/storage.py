@@ -6,6 +6,11 @@ allocator, and the measured work is data transfer (the device), not file creatio
 unlinking (the file system's metadata path). The run creates exactly one file per rank,
 so tear-down deletes exactly what it made.
 
+The slab is preallocated (``fallocate``), so first writes do not measure block allocation
+and a file system filled by someone else fails at set-up, not mid-run. Once every rank
+has opened what it needs, the slab's name is removed (``unlink``): the data lives on
+through the open descriptor and the kernel frees it however the process ends.
+
 I/O is ``os.preadv``/``os.pwritev`` on page-aligned buffers with ``O_DIRECT``; when the
 file system refuses O_DIRECT the tier warns, falls back to buffered I/O and reports
 ``o_direct: false``. Capacity is the configured size, lowered so that all the ranks that
@@ -21,6 +26,7 @@ another rank's file through ``open_peer``: read-only, never deleted.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import errno
 import mmap
@@ -53,6 +59,18 @@ def fs_type(path: str) -> str:
     except OSError:
         pass
     return kind
+
+
+def preallocate(fd: int, nbytes: int) -> bool:
+    """Reserves ``nbytes`` for ``fd`` with fallocate(2); False where the file system cannot
+    (glibc's posix_fallocate would instead write every block, which is not preallocation)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.fallocate(fd, 0, ctypes.c_int64(0), ctypes.c_int64(nbytes)) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        return False
+    raise OSError(err, os.strerror(err))
 
 
 def make_dirs(path: str) -> list[str]:
@@ -130,6 +148,7 @@ class StorageTier(Tier):
                 remove_dirs(self.made_dirs)
                 raise ConfigError(f"tiers.storage.path: rank {ctx.rank} cannot create {self.path}"
                                   f" ({exc.strerror}); choose a directory it can write") from None
+            self._named = True
             self.o_direct = self.params.o_direct and self._try_direct(flags)
         st = os.statvfs(base)
         free = st.f_bavail * st.f_frsize
@@ -148,6 +167,16 @@ class StorageTier(Tier):
             raise ConfigError(f"tiers.storage.path: {base} has {free / 1e9:.2f} GB free, too little"
                               f" for one object per rank ({sharers} ranks share it); free space"
                               " or choose another path")
+        self.preallocated = False
+        if self._owner:
+            try:
+                self.preallocated = preallocate(self.fd, self.slots * self.object_bytes)
+            except OSError as exc:
+                self.close()
+                raise ConfigError(
+                    f"tiers.storage.path: cannot reserve {self.slots * self.object_bytes / 1e9:.2f}"
+                    f" GB in {base} ({exc.strerror}); free space, lower"
+                    " tiers.storage.capacity_gb or choose another path") from None
 
     def _open_shared(self) -> None:
         """A reader of a group's shared file: it must exist, created by the group's writer."""
@@ -198,14 +227,21 @@ class StorageTier(Tier):
         if getattr(self, "fd", -1) >= 0:
             os.close(self.fd)
             self.fd = -1
-            if self._owner:
+            self.unlink()
+            self.cleanup()
+
+    def unlink(self) -> None:
+        if getattr(self, "_named", False):
+            self._named = False
+            try:
                 os.unlink(self.path)
-                remove_dirs(self.made_dirs)
-            if not self.params.path:   # the run's own scratch root: whoever closes last removes it
-                remove_dirs([os.path.dirname(os.path.dirname(self.path))])
+            except FileNotFoundError:   # a tmp cleaner was here first
+                pass
 
     def cleanup(self) -> None:
         remove_dirs(self.made_dirs)
+        if not self.params.path:   # the run's own scratch root: whoever comes last removes it
+            remove_dirs([os.path.dirname(os.path.dirname(self.path))])
 
     def location(self) -> str:
         return self.path
@@ -215,7 +251,7 @@ class StorageTier(Tier):
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "path": self.path, "fs_type": self.fs, "o_direct": self.o_direct,
-                "configured_bytes": self.configured_bytes,
+                "configured_bytes": self.configured_bytes, "preallocated": self.preallocated,
                 "group_role": None if self.share == "private" else self.share}
 
 
