@@ -10,6 +10,11 @@ set -euo pipefail
 ranks=${1:-}
 if [[ -n "$ranks" && "$ranks" =~ ^[0-9]+$ ]]; then
   shift
+  if (( 10#$ranks < 1 )); then
+    echo "error: RANKS=$ranks: give 1 or more ranks (launch/mpirun.sh 8 ...)" >&2
+    exit 2
+  fi
+  ranks=$((10#$ranks))
 else
   ranks=$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU' || true)
   [[ "$ranks" -gt 0 ]] || ranks=8

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from mpi_kvbench import __version__
 from mpi_kvbench.calibrate import calibrate
 from mpi_kvbench.config import Config
 from mpi_kvbench.context import RankContext
@@ -33,9 +34,9 @@ from mpi_kvbench.errors import CONFIG, FAILED, OK, ConfigError, RunFailed
 from mpi_kvbench.interrupt import Interrupts
 from mpi_kvbench.interrupt import name as signal_name
 from mpi_kvbench.interrupt import status as signal_status
-from mpi_kvbench.mpi.comm import Comm, topology, world
+from mpi_kvbench.mpi.comm import Comm, check_launch, topology, world
 from mpi_kvbench.mpi.reduce import collect, group_latency
-from mpi_kvbench.progress import Progress
+from mpi_kvbench.progress import Console, Progress
 from mpi_kvbench.registry import POLICIES, WORKLOADS
 from mpi_kvbench.results.collected import Collected
 from mpi_kvbench.results.hdf5 import attributes, write_hdf5, write_summary
@@ -100,6 +101,7 @@ class Run:
     workload: Any = None
     requests: Iterator[Request] = iter(())
     calibration: list | None = None
+    console: Console = field(default_factory=lambda: Console(False))   # rank 0's live output
     signals: Interrupts = field(default_factory=Interrupts)
 
     @property
@@ -118,11 +120,13 @@ class Phase:
     interrupted: bool = False             # ... a signal, not a failure
 
 
-def execute(cfg: Config, command_line: str) -> int:
+def execute(cfg: Config, command_line: str, quiet: bool = False) -> int:
     """Runs the benchmark on every rank; returns the process exit status."""
     comm = world()
+    check_launch(comm.size, dict(os.environ))
     with Interrupts() as signals:
         run = _start(cfg, comm, command_line)
+        run.console = Console(comm.rank == 0 and not quiet)
         run.signals = signals
         signals.leave = functools.partial(_forget, run)
         comm.watch(lambda: signals.received and f"{signal_name(signals.received)} on rank {comm.rank}")
@@ -204,13 +208,19 @@ def _set_up(run: Run) -> None:
     cfg, comm, ctx = run.cfg, run.comm, run.ctx
     one_writer = cfg.model.kind == "mla" and cfg.kv.mla_mode == "one_writer" and ctx.tp_size > 1
     object_bytes = cfg.geometry.object_bytes
+    say = run.console.line
+    say(f"set-up: {comm.size} ranks, opening tiers, reading the workload")
     exc = None
     try:
         run.workload = WORKLOADS.load(cfg.workload_kind)(cfg.workload, cfg.run.seed)
         if comm.rank == 0:   # reads a trace's first pass: a bad one fails before any tier opens
+            if getattr(cfg.workload, "trace", ""):
+                say(f"trace: reading {cfg.workload.trace}")
+                run.workload.on_progress = run.console.bar("trace")
             check_window(run.workload.info(), cfg)
         storage = [t for t in cfg.tiers if t.kind == "storage"]
         if cfg.run.calibrate and storage:
+            say(f"calibration: {cfg.run.calibrate_gb:g} GB per rank, written then read")
             comm.barrier()   # every rank calibrates at once, as they will run
             run.calibration = calibrate(
                 storage[0].params, ctx, object_bytes, cfg.io.io_depth,
@@ -242,6 +252,31 @@ def _set_up(run: Run) -> None:
     for tier in run.tiers:
         tier.cleanup()
     run.calibration = comm.gather(run.calibration)
+    _banner(run)
+
+
+def _banner(run: Run) -> None:
+    """Rank 0's live summary of what will run: ranks, nodes, model, tiers, paths, file systems."""
+    if not run.console.enabled:
+        return
+    cfg, ctx = run.cfg, run.ctx
+    say = run.console.line
+    say(f"mpi_kvbench {__version__}: {ctx.world_size} ranks on {ctx.nodes} node(s), TP"
+        f" {ctx.tp_size} x {ctx.replicas}, model {cfg.model.name},"
+        f" {cfg.geometry.object_bytes / 1e6:.2f} MB objects, workload {cfg.workload_kind}")
+    for tier in run.tiers:
+        info = tier.info()
+        where = f" at {info['path']}" if info.get("path") else ""
+        fs = f" ({info['fs_type']})" if info.get("fs_type") else ""
+        say(f"tier {tier.level}: {tier.name}, {tier.capacity_bytes / 1e9:.3f} GB per rank,"
+            f" {tier.slots} slots{where}{fs}")
+    skips = getattr(run.workload, "_skips", None)
+    if skips:
+        say("trace rows skipped: " + ", ".join(f"{n} x {why}" for why, n in skips.most_common()))
+    stop = [f"{cfg.run.duration_s:g} s" if cfg.run.duration_s else "",
+            f"{cfg.run.max_requests} requests per TP group" if cfg.run.max_requests else ""]
+    say(f"results: {os.path.abspath(run.out_dir)}; stops after "
+        + (" or ".join(x for x in stop if x) or "the trace ends"))
 
 
 MAX_SPAN_S = 86_400   # a replay longer than a day at --duration 0 is a mistake, not a plan
@@ -267,7 +302,10 @@ def _measure(run: Run) -> Phase:
     start = time.perf_counter_ns()
     try:
         if run.cfg.run.precondition > 0:
-            run.engine.precondition(run.cfg.run.precondition, stop=run.comm.stop_requested)
+            run.console.line(f"preconditioning: filling {run.cfg.run.precondition:.0%} of the"
+                             " storage tier (not measured)")
+            run.engine.precondition(run.cfg.run.precondition, stop=run.comm.stop_requested,
+                                    progress=run.console.bar("preconditioning (rank 0, objects)"))
         _warm_up(run)
         start = time.perf_counter_ns()
         phase = _measured_phase(run)
@@ -286,6 +324,7 @@ def _warm_up(run: Run) -> None:
     """Serves requests, unmeasured, for ``run.warmup_s`` seconds (fills the cache)."""
     if run.cfg.run.warmup_s <= 0:
         return
+    run.console.line(f"warm-up: {run.cfg.run.warmup_s:g} s, not measured")
     run.comm.barrier()
     t0 = time.perf_counter_ns()
     run.engine.start_phase(t0)
@@ -300,7 +339,9 @@ def _measured_phase(run: Run) -> Phase:
     start, wall_start = time.perf_counter_ns(), time.time_ns()
     engine.start_phase(start)
     deadline = start + int(cfg.run.duration_s * 1e9) if cfg.run.duration_s else None
-    progress = Progress(comm.rank == 0, start, cfg.run.duration_s)
+    run.console.line("measured phase: started" + (f", {cfg.run.duration_s:g} s"
+                                                   if cfg.run.duration_s else ""))
+    progress = Progress(run.console, start, cfg.run.duration_s)
     if run.decode:
         why = disagg.decode_loop(engine, comm, cfg.engine.prefill_groups)
     else:
@@ -310,6 +351,7 @@ def _measured_phase(run: Run) -> Phase:
         run.handoff.finish()
     elapsed = time.perf_counter_ns() - start
     progress.done()
+    run.console.line(f"measured phase: done on rank 0 after {elapsed / 1e9:.1f} s; collecting results")
     if why is StopReason.SHARE and cfg.run.stonewall:
         comm.notify_stop("stonewall")
     engine.end_phase()

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
+
+import yaml
 
 from mpi_kvbench import SCHEMA_VERSION, __version__
 from mpi_kvbench.metrics import PERCENTILES, Histogram
@@ -114,12 +117,14 @@ def _tier_facts(data: Collected, level: str) -> list[dict[str, Any]]:
 
 def o_direct(data: Collected) -> bool | None:
     """Every storage tier used O_DIRECT (None: no file-backed storage tier)."""
-    storage = [t for t in _tier_facts(data, "storage") if "o_direct" in t]
+    storage = [t for e in data.env for t in e["tiers"] if "o_direct" in t]   # at any level
     return all(t["o_direct"] for t in storage) if storage else None
 
 
 def hbm_emulated(data: Collected) -> bool | None:
-    hbm = _tier_facts(data, "hbm")
+    """The HBM level is emulated in host memory (None: no ``hbm`` plug-in at that level;
+    another plug-in, e.g. ``null`` or ``dram``, may stand there)."""
+    hbm = [t for t in _tier_facts(data, "hbm") if "emulated" in t]
     return any(t["emulated"] for t in hbm) if hbm else None
 
 
@@ -273,7 +278,38 @@ def summarize(data: Collected, run: RunFacts) -> dict[str, Any]:
     calibrated = calibration(run.calibration)
     if calibrated:
         summary["calibration"] = calibrated
+    summary["provenance"] = provenance(data, run)
     return summary
+
+
+def provenance(data: Collected, run: RunFacts) -> dict[str, Any]:
+    """What ran, where and when, so summary.json stands alone: the command line, every
+    setting in force, the UTC start and end, hosts, software, and per tier level the
+    plug-in, the capacity per rank, paths and file-system types."""
+    env = data.env
+    tiers: dict[str, Any] = {}
+    for level in run.tiers:
+        facts = _tier_facts(data, level)
+        tiers[level] = {
+            "kind": sorted({t.get("kind") or "?" for t in facts}),
+            "capacity_gb_per_rank": sorted({round(t.get("capacity_bytes", 0) / 1e9, 6) for t in facts}),
+            "slots_per_rank": sorted({t.get("slots", 0) for t in facts}),
+            "paths": [t["path"] for t in facts if t.get("path")],
+            "fs_types": sorted({t["fs_type"] for t in facts if t.get("fs_type")}),
+        }
+    first = env[0] if env else {}
+    return {
+        "command_line": run.command_line,
+        "config": yaml.safe_load(run.config_yaml) if run.config_yaml else None,
+        "start_utc": run.start_time,
+        "end_utc": datetime.now(UTC).isoformat(),
+        "hosts": sorted({e.get("host") for e in env}),
+        "tool_version": __version__,
+        "python": first.get("python"),
+        "mpi_library": first.get("mpi_library"),
+        "packages": first.get("packages"),
+        "tiers": tiers,
+    }
 
 
 def storage_health(data: Collected, metric: str, targets_ms: dict) -> dict[str, Any]:
@@ -317,7 +353,7 @@ def render(s: dict[str, Any]) -> str:
         + ("" if s["complete"] else "  (INCOMPLETE)"),
         f"  {s['world_size']} ranks on {s['nodes']} node(s), TP {s['tensor_parallel']}"
         f" x {s['replicas']} replicas, model {s['model']},"
-        f" {s['object_bytes'] / 2**20:.2f} MiB objects",
+        f" {s['object_bytes'] / 1e6:.2f} MB objects",
         f"  {s['requests_completed']} requests in {s['duration_s']:.1f} s"
         f" ({s['requests_per_s']:.2f}/s), prefix hit ratio "
         + ("-" if s["prefix_hit_ratio"] is None else f"{s['prefix_hit_ratio']:.3f}"),
@@ -353,6 +389,10 @@ def render(s: dict[str, Any]) -> str:
             f"{k} {v['measured_ms']:.1f}/{v['target_ms']} ms" + ("" if v["pass"] is not None else "?")
             for k, v in c["checks"].items())
         lines.append(f"    {cls:12} {c['verdict']:5} ({c['requests']} requests) {checks}")
+    if any(v["pass"] is None for c in health["classes"].values() for v in c["checks"].values()):
+        lines.append("    (measured/target ms; '?' = too few samples to judge that percentile: P95 needs"
+                     " 20, P99 100, P99.9 1,000, P99.99 10,000; NOT ENOUGH SAMPLES = no percentile"
+                     " of the class could be judged)")
     if s["errors"]:
         lines.append(f"  errors: {s['errors'][0]}")
     return "\n".join(lines)

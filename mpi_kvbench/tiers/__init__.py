@@ -32,9 +32,14 @@ def open_tiers(specs: Sequence[Any], ctx: RankContext, object_bytes: int, *, one
             else:
                 tier.open(ctx)
             tiers.append(tier)
-    except BaseException:
+    except BaseException as exc:
         for tier in tiers:
             tier.close()
+        if isinstance(exc, OSError | MemoryError | ValueError | OverflowError) \
+                and not isinstance(exc, ConfigError):   # name the tier, not a traceback
+            what = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise ConfigError(f"tiers.{spec.level}: rank {ctx.rank} cannot set up its {spec.kind}"
+                              f" tier ({what}); check tiers.{spec.level}") from None
         raise
     return tiers
 

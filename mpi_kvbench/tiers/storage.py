@@ -34,7 +34,7 @@ import os
 import warnings
 from typing import Any
 
-from mpi_kvbench.context import RankContext
+from mpi_kvbench.context import RankContext, system_dir
 from mpi_kvbench.errors import ConfigError
 from mpi_kvbench.layout import ALIGN
 from mpi_kvbench.tiers.base import Tier
@@ -124,6 +124,11 @@ class StorageTier(Tier):
     def open(self, ctx: RankContext) -> None:
         shared = self.share != "private"
         base = ctx.expand(self.params.path) if self.params.path else ctx.scratch_dir(shared)
+        # this rank's real path: "{rank}/.." and a per-rank symlink resolved as the kernel will
+        base = os.path.realpath(base)
+        if system_dir(base):
+            raise ConfigError(f"tiers.storage.path={self.params.path!r}: rank {ctx.rank}'s path {base}"
+                              " is a system directory; choose a directory of your own")
         who = f"group{ctx.group}" if shared else f"rank{ctx.rank}"
         self.path = os.path.join(base, f"kvbench-{ctx.run_id}-{who}.slab")
         self._owner = self.share != "reader"
@@ -137,7 +142,12 @@ class StorageTier(Tier):
                 raise ConfigError(f"tiers.storage.path: cannot create {base} ({exc.strerror});"
                                   " choose a writable directory") from None
             flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
-            self.fd = os.open(self.path, flags, 0o600)   # O_EXCL: never reuse someone's file
+            try:
+                self.fd = os.open(self.path, flags, 0o600)   # O_EXCL: never reuse someone's file
+            except OSError as exc:
+                remove_dirs(self.made_dirs)
+                raise ConfigError(f"tiers.storage.path: rank {ctx.rank} cannot create {self.path}"
+                                  f" ({exc.strerror}); choose a directory it can write") from None
             self._named = True
             self.o_direct = self.params.o_direct and self._try_direct(flags)
         st = os.statvfs(base)
