@@ -1,4 +1,4 @@
-"""Command line: ``run`` (the default), ``models``, ``calibrate``.
+"""Command line: ``run`` (the default), ``models``, ``calibrate``, ``export``.
 
 Flags override the config file, which overrides the packaged defaults. Any mistake is
 one line on stderr, ``error: ...``, and exit status 2, printed once (by rank 0 under MPI).
@@ -102,6 +102,14 @@ def build_parser() -> Parser:
     cal.add_argument("--size-gb", type=float, default=1.0, help="bytes to write, then read")
     cal.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     cal.add_argument("--json", action="store_true", help="print JSON")
+
+    exp = sub.add_parser("export", help="runs to one CSV/XLSX table, with trial statistics")
+    exp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (or their result.h5)")
+    exp.add_argument("--csv", metavar="FILE", help="one row per run; trials go to FILE_trials.csv")
+    exp.add_argument("--xlsx", metavar="FILE", help="sheets 'runs' and 'trials' (needs openpyxl)")
+    exp.add_argument("--force", action="store_true",
+                     help="export runs of different world size, model or configuration together")
+    exp.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return p
 
 
@@ -179,18 +187,28 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     return execute(cfg, shlex.join(["python", "-m", "mpi_kvbench", *argv]))
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from mpi_kvbench.export import export
+
+    for path in export(args.runs, args.csv, args.xlsx, force=args.force, overwrite=args.overwrite):
+        print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
     parser = build_parser()
     try:
-        plain = not argv or argv[0] not in ("run", "models", "calibrate", "-h", "--help",
+        plain = not argv or argv[0] not in ("run", "models", "calibrate", "export", "-h", "--help",
                                             "--version")
         args = parser.parse_args(["run", *argv] if plain else argv)   # run is the default
         if args.command == "models":
             return cmd_models(args)
         if args.command == "calibrate":
             return cmd_calibrate(args)
+        if args.command == "export":
+            return cmd_export(args)
         return cmd_run(args, argv)
     except ConfigError as err:
         if launch_rank() == 0:
