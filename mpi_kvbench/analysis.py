@@ -397,10 +397,10 @@ def tail(result: Result, histogram: str, rank: int | str = "all") -> pd.DataFram
     upper edge of each non-empty bucket), so it reaches 1/n at the maximum, not 0, and
     plots on a log scale: P99 is where the curve crosses 0.01, P99.9 where it crosses 0.001."""
     c = cdf(result, histogram, rank)
-    if c.empty:
-        return _pandas().DataFrame({"latency_ms": np.array([], float), "slower": np.array([], float)})
-    before = np.concatenate([[0.0], c["fraction"].to_numpy()[:-1]])
-    return _pandas().DataFrame({"latency_ms": c["latency_ms"].to_numpy(), "slower": 1.0 - before})
+    counts = histogram_counts(result, histogram, rank)
+    at_or_above = np.cumsum(counts[np.nonzero(counts)[0]][::-1])[::-1]   # exact counts, then one division
+    slower = at_or_above / counts.sum() if len(at_or_above) else np.array([], float)
+    return _pandas().DataFrame({"latency_ms": c["latency_ms"].to_numpy(), "slower": slower})
 
 
 def _mark_tail(ax: Any, n_max: int) -> None:
