@@ -1,11 +1,12 @@
 """Runs into one spreadsheet: ``python -m mpi_kvbench export RUN_DIR... --csv FILE | --xlsx FILE``.
 
-One row per run: a few facts of the run (directory, id, start, configuration hash, seed)
-and every figure of its summary.json, flattened to dotted column names (``tiers.storage.
-read_gbps``, ``latency_ms.group_e2e.p99``), so the file holds exactly what summary.json
-holds and nothing needs a second lookup. When several runs share a configuration, the
-trials table gives mean, min, max, sample standard deviation and CV of every figure: the
-spread a reader must see before believing a difference between two configurations.
+One row per run: a few facts of the run (directory, id, start, configuration hash, seed),
+every figure of its summary.json, flattened to dotted column names (``tiers.storage.
+read_gbps``, ``latency_ms.group_e2e.p99``), then the resolved configuration (``config.
+tiers.hbm.capacity_gb``), so the file holds what summary.json holds and what produced it.
+When several runs share a configuration, the trials table gives mean, min, max, sample
+standard deviation and CV of every figure: the spread a reader must see before believing a
+difference between two configurations.
 
 Trials only mean something when the runs measured the same thing, so runs that differ in
 world size, model or configuration are refused unless ``force``. The configuration hash is
@@ -132,6 +133,8 @@ def read_run(path: str) -> Run:
         "seed": attrs.get("seed"),
     }
     row.update(flatten(summary))
+    # the settings (capacities, users, rates, ...): a spreadsheet of configurations needs them
+    row.update({f"config.{k}": v for k, v in flatten(yaml.safe_load(attrs["config_yaml"]) or {}).items()})
     return Run(path, row)
 
 
@@ -176,7 +179,8 @@ def trials(runs: Sequence[Run]) -> list[dict[str, Scalar]]:
         if len(group) < 2:
             continue
         for col in _columns(r.row for r in group):
-            if col in FACT_COLUMNS or col in RUN_COLUMNS or col.endswith("target_ms"):
+            if (col in FACT_COLUMNS or col in RUN_COLUMNS or col.startswith("config.")
+                    or col.endswith("target_ms")):
                 continue
             values = [x for x in (_number(r.row.get(col)) for r in group) if x is not None]
             if not values:

@@ -93,13 +93,13 @@ def _column(key: str) -> str:
     return key + "_requests" if key.rpartition(".")[2].startswith("batch_occupancy_") else key
 
 
-def _same(cell: Any, value: Any) -> bool:
+def _same(cell: Any, value: Any, rel: float = 0.0) -> bool:
     if value is None or value == "":   # an empty cell, in CSV and XLSX alike
         return cell in ("", None) or (isinstance(cell, float) and math.isnan(cell))
     if isinstance(value, bool):
         return cell in (value, str(value))
     if isinstance(value, int | float):
-        return float(cell) == float(value)
+        return float(cell) == pytest.approx(float(value), rel=rel, abs=0)
     return str(cell) == str(value)
 
 
@@ -119,6 +119,7 @@ def test_csv_holds_every_figure_of_summary_json(runs: list[Path], tmp_path: Path
         for key, value in leaves.items():
             assert _same(row[_column(key)], value), (run.name, key, row[_column(key)], value)
         assert row["run_dir"] == str(run)
+        assert row["config.kv.chunk_tokens"] == "16" and row["config.tiers.storage.kind"] == "null"
         with h5py.File(run / "result.h5", "r") as f:
             assert row["run_id"] == f.attrs["run_id"] and int(row["seed"]) == f.attrs["seed"]
     # the scaled figures differ between rows: the rows are not one run repeated
@@ -137,11 +138,12 @@ def test_xlsx_holds_every_figure_and_pandas_reads_it(runs: list[Path], tmp_path:
     for run, cells in zip(runs, rows, strict=True):
         row = dict(zip(header, cells, strict=True))
         for key, value in _leaves(_summary(run)).items():
-            assert _same(row[_column(key)], value), (run.name, key)
+            # openpyxl writes 16 significant digits (Excel keeps 15): the last bit may go
+            assert _same(row[_column(key)], value, rel=1e-15), (run.name, key)
     df = pd.read_excel(out, sheet_name="runs")
     assert list(df["run_name"]) == ["t0", "t1", "t2"]
-    assert list(df["tiers.storage.latency_ms.read.p99"]) == [
-        _summary(r)["tiers"]["storage"]["latency_ms"]["read"]["p99"] for r in runs]
+    assert list(df["tiers.storage.latency_ms.read.p99"]) == pytest.approx([
+        _summary(r)["tiers"]["storage"]["latency_ms"]["read"]["p99"] for r in runs], rel=1e-15)
 
 
 def test_trials_are_the_statistics_of_the_runs(runs: list[Path], tmp_path: Path) -> None:
@@ -166,7 +168,7 @@ def test_trials_are_the_statistics_of_the_runs(runs: list[Path], tmp_path: Path)
         assert float(t["cv"]) == pytest.approx(sd / mean, rel=1e-12)
     # an unchanged figure has no spread; facts of the run get no statistics
     assert float(trials["tiers.hbm.read_ops"]["cv"]) == 0 == float(trials["tiers.hbm.read_ops"]["stdev"])
-    assert "world_size" not in trials and "seed" not in trials
+    assert "world_size" not in trials and "seed" not in trials and "config.kv.chunk_tokens" not in trials
     assert "storage_health.classes.batch.checks.p95.target_ms" not in trials
 
 
