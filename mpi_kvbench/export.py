@@ -34,11 +34,6 @@ import yaml
 
 from mpi_kvbench.errors import ConfigError
 
-try:   # optional: only --xlsx needs it
-    import openpyxl
-except ImportError:   # pragma: no cover - depends on the environment
-    openpyxl = None
-
 #: Config keys that name or place a run and do not change what it measures.
 RUN_ONLY_KEYS = (("run", "run_name"), ("run", "results_dir"))
 #: Columns that say what a run was, not what it measured: no trial statistics for them.
@@ -224,9 +219,17 @@ def _write_csv(path: str, columns: Sequence[str], rows: Sequence[dict[str, Scala
     _atomic(path, write)
 
 
+def _openpyxl() -> Any:
+    """openpyxl, an optional dependency: only --xlsx needs it."""
+    try:
+        import openpyxl
+    except ImportError:   # pragma: no cover - depends on the environment
+        raise ConfigError("--xlsx: openpyxl is not installed; pip install openpyxl, or use --csv") from None
+    return openpyxl
+
+
 def _write_xlsx(path: str, sheets: dict[str, tuple[Sequence[str], Sequence[dict[str, Scalar]]]]) -> None:
-    if openpyxl is None:
-        raise ConfigError("--xlsx: openpyxl is not installed; pip install openpyxl, or use --csv")
+    openpyxl = _openpyxl()
     wb = openpyxl.Workbook()
     wb.remove(wb.active)
     for title, (columns, rows) in sheets.items():
@@ -249,8 +252,8 @@ def export(paths: Sequence[str], csv_path: str | None = None, xlsx_path: str | N
         raise ConfigError("export: no output given; pass --csv FILE or --xlsx FILE")
     if xlsx_path and not xlsx_path.lower().endswith(".xlsx"):
         raise ConfigError(f"--xlsx {xlsx_path}: the name must end in .xlsx")
-    if xlsx_path and openpyxl is None:
-        raise ConfigError("--xlsx: openpyxl is not installed; pip install openpyxl, or use --csv")
+    if xlsx_path:
+        _openpyxl()   # fail before reading anything
     seen: dict[str, str] = {}
     for p in paths:
         real = os.path.realpath(_h5(p))
