@@ -184,8 +184,15 @@ def test_environment_has_one_row_per_rank(run_dir: Path, result: analysis.Result
         assert env.loc[0, "elapsed_s"] == f["ranks/elapsed_ns"][0] / 1e9
 
 
-def test_plot_report_writes_pngs_and_returns_the_figures(result: analysis.Result, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def inline(result: analysis.Result) -> dict[str, Any]:
+    """plot_report as a notebook calls it: figures only, no files."""
     pytest.importorskip("matplotlib")
+    return analysis.plot_report(result)
+
+
+def test_plot_report_writes_pngs_and_returns_the_figures(result: analysis.Result, tmp_path: Path,
+                                                         inline: dict[str, Any]) -> None:
     from matplotlib.figure import Figure
 
     figures = analysis.plot_report(result, tmp_path / "plots")
@@ -194,15 +201,13 @@ def test_plot_report_writes_pngs_and_returns_the_figures(result: analysis.Result
         assert isinstance(fig, Figure)
         with open(path, "rb") as fh:
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n", path
-    inline = analysis.plot_report(result)   # for a notebook: figures only, no files
     assert sorted(inline) == sorted(Path(p).name for p in figures)
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(inline)
 
 
-def test_figures_are_titled_by_run_model_and_ranks(result: analysis.Result) -> None:
-    pytest.importorskip("matplotlib")
+def test_figures_are_titled_by_run_model_and_ranks(result: analysis.Result, inline: dict[str, Any]) -> None:
     assert analysis.title(result) == "a · tiny-1b, 1 rank"
-    for name, fig in analysis.plot_report(result).items():
+    for name, fig in inline.items():
         titles = [ax.get_title() for ax in fig.axes] + [fig._suptitle.get_text() if fig._suptitle else ""]
         assert any(t.startswith("a · tiny-1b, 1 rank") for t in titles), name
 
