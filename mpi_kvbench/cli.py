@@ -1,4 +1,4 @@
-"""Command line: ``run`` (the default), ``models``, ``configs``, ``calibrate``.
+"""Command line: ``run`` (the default), ``models``, ``configs``, ``calibrate``, ``export``.
 
 Flags override the config file, which overrides the packaged defaults. Any mistake is
 one line on stderr, ``error: ...``, and exit status 2, printed once (by rank 0 under MPI).
@@ -54,7 +54,7 @@ def launch_rank() -> int:
     return 0
 
 
-COMMANDS = ("run", "models", "configs", "calibrate")
+COMMANDS = ("run", "models", "configs", "calibrate", "export")
 
 
 class Parser(argparse.ArgumentParser):
@@ -197,6 +197,14 @@ def build_parser() -> Parser:
     cal.add_argument("--size-gb", type=number, default=1.0, help="GB to write, then read (default 1.0)")
     cal.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     cal.add_argument("--json", action="store_true", help="print JSON")
+
+    exp = sub.add_parser("export", help="runs to one CSV/XLSX table, with trial statistics")
+    exp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (or their result.h5)")
+    exp.add_argument("--csv", metavar="FILE", help="one row per run; trials go to FILE_trials.csv")
+    exp.add_argument("--xlsx", metavar="FILE", help="sheets 'runs' and 'trials' (needs openpyxl)")
+    exp.add_argument("--force", action="store_true",
+                     help="export runs of different world size, model or configuration together")
+    exp.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return p
 
 
@@ -290,6 +298,14 @@ def one_line(err: BaseException) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(err))
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from mpi_kvbench.export import export
+
+    for path in export(args.runs, args.csv, args.xlsx, force=args.force, overwrite=args.overwrite):
+        print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
@@ -309,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_configs()
         if args.command == "calibrate":
             return cmd_calibrate(args)
+        if args.command == "export":
+            return cmd_export(args)
         return cmd_run(args, argv)
     except ConfigError as err:
         if launch_rank() == 0:
