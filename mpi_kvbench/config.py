@@ -27,7 +27,7 @@ from mpi_kvbench.models import MLA_MODES, ModelSpec, resolve
 from mpi_kvbench.params import build_dataclass, choice, non_negative, positive, unknown
 from mpi_kvbench.registry import POLICIES, TIERS, WORKLOADS
 
-TIER_LEVELS = ("hbm", "dram", "storage")
+TIER_LEVELS = ("hbm", "dram", "object", "storage")
 PATH_FIELDS = {"{rank}", "{local_rank}", "{node}", "{host}", "{group}", "{run_id}"}
 UNSAFE_ROOTS = ("/etc", "/usr", "/bin", "/sbin", "/boot", "/proc", "/sys", "/dev", "/lib",
                 "/lib32", "/lib64", "/libx32", "/run", "/var/lib", "/var/run", "/snap")

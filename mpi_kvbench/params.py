@@ -66,7 +66,7 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
     for kind in kinds:
         if kind is float and isinstance(value, int | float):
             return float(value)
-        if kind in (int, str, bool, dict) and isinstance(value, kind):
+        if kind in (int, str, bool, dict, list) and isinstance(value, kind):
             return value
     raise ConfigError(f"{where}={value!r}: expected {_hint_name(kinds)}")
 
