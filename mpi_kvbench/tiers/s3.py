@@ -1,5 +1,19 @@
 """Object-storage tier (``kind: s3``): each KV object is an S3 object; the clients behind it.
 
+Like the file tier, the tier is an array of slots: slot ``s`` of rank ``r`` is the object
+``bucket/prefix/<run_id>/rank<r>/<s>``; a write is a PUT (multipart above
+``part_size_mb``), a read a GET into the I/O thread's buffer. An object the hierarchy
+drops or demotes is replaced when its slot is reused (a PUT over a key is S3's atomic
+replace), so the bucket never holds more than ``slots`` objects per rank; ``close``
+DELETEs every object under the rank's prefix. The I/O pool times every call, stamps the
+payload and verifies reads exactly as for the file tier. The tier sits at level
+``object`` (between DRAM and a file tier) or ``storage`` (the bottom).
+
+Safety: ``open`` lists ``prefix`` first; objects there that this run did not make stop
+the run (one ConfigError) unless ``allow_foreign`` is set, and the tier only ever deletes
+under its own run prefix. That listing is also the reachability and credentials check,
+so a wrong endpoint or key is one line before anything is measured.
+
 Three libraries move the bytes (the ones the seed benchmark uses): ``s3dlio`` (Rust),
 ``s3torchconnector`` (the AWS CRT client) and ``minio`` (pure Python over urllib3). Each is
 wrapped in a class with the same five operations, so the tier and the checkpoint writer
@@ -21,7 +35,6 @@ import configparser
 import dataclasses
 import os
 import re
-import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -388,6 +401,7 @@ class S3Tier(Tier):
         part_size_mb: float = 16.0         # objects above this go up in parts (multipart)
         connections: int = 64              # HTTP connections per rank (>= io_depth)
         allow_foreign: bool = False        # True: share a prefix that holds others' objects
+        keep_objects: bool = False         # True: leave this run's objects for inspection
 
         def check(self) -> None:
             if not self.bucket:
@@ -418,8 +432,6 @@ class S3Tier(Tier):
         base = p.prefix.strip("/")
         self.run_prefix = f"{base}/{ctx.run_id}/" if base else f"{ctx.run_id}/"
         self.rank_prefix = f"{self.run_prefix}rank{ctx.rank}/"
-        self.written: set[int] = set()
-        self._lock = threading.Lock()
         self.client = open_client(p.library, self.endpoint, self.region,
                                   int(p.part_size_mb * MiB), p.connections, f"{where}.library")
         try:
@@ -453,26 +465,19 @@ class S3Tier(Tier):
 
     def write(self, slot: int, data: memoryview) -> int:
         self.client.put(self.params.bucket, self.key(slot), data)
-        with self._lock:
-            self.written.add(slot)
         return len(data)
 
     def read(self, slot: int, out: memoryview) -> int:
         return self.client.get_into(self.params.bucket, self.key(slot), out)
-
-    def discard(self, slot: int) -> None:
-        """DELETEs the slot's object (an eviction that leaves the hierarchy)."""
-        with self._lock:
-            if slot not in self.written:
-                return
-            self.written.discard(slot)
-        self.client.delete(self.params.bucket, [self.key(slot)])
 
     def close(self) -> None:
         client = getattr(self, "client", None)
         if client is None:
             return
         self.client = None
+        if self.params.keep_objects:
+            client.close()
+            return
         try:   # every object under this rank's prefix is this run's (open refused others)
             keys = [k for k, _ in client.list(self.params.bucket, self.rank_prefix)]
             client.delete(self.params.bucket, keys)
