@@ -79,6 +79,7 @@ def main() -> None:
         print(json.dumps(child(*a.child, a.objects, size, a.depth)))
         return
     import s3server
+
     from mpi_kvbench.tiers.s3 import LIBRARIES, MODULES
     server = None
     if not a.url:

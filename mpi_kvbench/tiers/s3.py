@@ -157,6 +157,10 @@ class Client:
         """The object's bytes into ``out``; returns how many."""
         raise NotImplementedError
 
+    def get_stream(self, bucket: str, key: str) -> Any:
+        """The object as a stream: ``readinto(view)`` in order, then ``close()``."""
+        raise NotImplementedError
+
     def list(self, bucket: str, prefix: str) -> list[tuple[str, int]]:
         """(key, size) of every object under ``prefix``."""
         raise NotImplementedError
@@ -234,6 +238,9 @@ class MinioClient(Client):
             resp.close()
             resp.release_conn()
 
+    def get_stream(self, bucket: str, key: str) -> Any:
+        return _Response(self._mc.get_object(bucket, key))
+
     def list(self, bucket: str, prefix: str) -> list[tuple[str, int]]:
         return [(o.object_name, o.size) for o in
                 self._mc.list_objects(bucket, prefix=prefix, recursive=True)]
@@ -245,6 +252,35 @@ class MinioClient(Client):
                 bucket, [DeleteObject(k) for k in keys[start:start + 1000]]))
             if errors:
                 raise StoreError("other", f"delete failed: {errors[0]}")
+
+
+class _Response:
+    """A urllib3 response read in order, its connection released at close."""
+
+    def __init__(self, resp: Any) -> None:
+        self._resp = resp
+
+    def readinto(self, out: memoryview) -> int:
+        return self._resp.readinto(out)
+
+    def close(self) -> None:
+        self._resp.close()
+        self._resp.release_conn()
+
+
+class _RangeReader:
+    """Sequential reads of one object as ranged GETs (s3dlio has no streamed GET)."""
+
+    def __init__(self, s3: Any, uri: str) -> None:
+        self._s3, self._uri, self._off = s3, uri, 0
+
+    def readinto(self, out: memoryview) -> int:
+        n = _fill(out, self._s3.get_range(self._uri, self._off, len(out))) if len(out) else 0
+        self._off += n
+        return n
+
+    def close(self) -> None:
+        pass
 
 
 class _ViewReader:
@@ -295,7 +331,7 @@ class S3dlioClient(Client):
         sent = 0
         try:
             for chunk in chunks:
-                writer.write(chunk)
+                writer.write(chunk, copy=True)   # the chunk's buffer is reused at once
                 sent += len(chunk)
             writer.close()
         except BaseException:
@@ -307,6 +343,9 @@ class S3dlioClient(Client):
 
     def get_into(self, bucket: str, key: str, out: memoryview) -> int:
         return _fill(out, self._s3.get(f"s3://{bucket}/{key}"))
+
+    def get_stream(self, bucket: str, key: str) -> Any:
+        return _RangeReader(self._s3, f"s3://{bucket}/{key}")
 
     def list(self, bucket: str, prefix: str) -> list[tuple[str, int]]:
         uri = f"s3://{bucket}/{prefix}"
@@ -357,6 +396,9 @@ class S3TorchClient(Client):
                 break
             done += got
         return done
+
+    def get_stream(self, bucket: str, key: str) -> Any:
+        return self._c.get_object(bucket, key)
 
     def list(self, bucket: str, prefix: str) -> list[tuple[str, int]]:
         out = []
