@@ -177,6 +177,9 @@ def summarize(s: CheckpointSettings, rows: list[dict], cal: dict | None, run_nam
         "peak_rss_bytes_max": max(r.get("peak_rss_bytes", 0) for r in rows),
         "peak_rss_over_pool_bytes_max": max(r.get("peak_rss_bytes", 0) - r["pool_bytes"]
                                             for r in rows),
+        # what the write and restore added to the process: the pool, never the checkpoint
+        "peak_rss_growth_bytes_max": max(r.get("peak_rss_bytes", 0) - r.get("rss_before_bytes", 0)
+                                         for r in rows),
         "target_info": rows[0]["target"],
     }
     for phase in ("write", "read"):

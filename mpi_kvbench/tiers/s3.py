@@ -383,7 +383,7 @@ class S3TorchClient(Client):
         writer = self._c.put_object(bucket, key)
         sent = 0
         for chunk in chunks:
-            sent += writer.write(chunk)
+            sent += writer.write(bytes(chunk))   # the binding takes bytes only: one copy
         writer.close()
         return sent
 
@@ -506,11 +506,13 @@ class S3Tier(Tier):
         return f"{self.rank_prefix}{slot}"
 
     def write(self, slot: int, data: memoryview) -> int:
-        self.client.put(self.params.bucket, self.key(slot), data)
-        return len(data)
+        with memoryview(data) as view:   # the pool hands mmaps; slicing one would copy
+            self.client.put(self.params.bucket, self.key(slot), view)
+            return len(view)
 
     def read(self, slot: int, out: memoryview) -> int:
-        return self.client.get_into(self.params.bucket, self.key(slot), out)
+        with memoryview(out) as view:
+            return self.client.get_into(self.params.bucket, self.key(slot), view)
 
     def close(self) -> None:
         client = getattr(self, "client", None)
