@@ -1,16 +1,18 @@
 """The three S3 client libraries side by side against one local S3 server.
 
-    python benchmarks/s3_libraries.py [--objects 64] [--mb 4] [--depth 8] [--url URL]
+    python benchmarks/s3_libraries.py [--objects 64] [--mb 4] [--depth 8] [--repeats 3] [--url URL]
 
 Starts moto's S3 server on 127.0.0.1 (or uses ``--url`` with the keys in the
 environment: a MinIO or Ceph RGW), makes one bucket, then for each installed library, in
 a fresh process of its own (s3dlio keeps one endpoint per process; CPU clocks stay
 apart), PUTs ``--objects`` objects of ``--mb`` MiB from ``--depth`` threads through the
 tier's client (``mpi_kvbench.tiers.s3``), GETs them back into one buffer per thread, and
-deletes them. Printed per library and direction: GB/s (wall clock) and GB per CPU-second
-of the client process (user + system, all its threads): what one core of the host
-running the benchmark moves. The server's own CPU is not counted. The object tier's
-default library is the one with the most GB per CPU-second.
+deletes them; ``--repeats`` rounds, the libraries interleaved within each round so a
+change in the machine's load hits them alike. Printed per library and direction, the
+median over the rounds: GB/s (wall clock) and GB per CPU-second of the client process
+(user + system, all its threads): what one core of the host running the benchmark
+moves. The server's own CPU is not counted. The object tier's default library is the
+one with the most GB per CPU-second.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import importlib.util
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -71,6 +74,7 @@ def main() -> None:
     ap.add_argument("--objects", type=int, default=64)
     ap.add_argument("--mb", type=float, default=4)
     ap.add_argument("--depth", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--url", default="")
     ap.add_argument("--child", nargs=3, metavar=("LIBRARY", "URL", "BUCKET"), help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -92,22 +96,29 @@ def main() -> None:
         boto3.client("s3", endpoint_url=a.url, region_name="us-east-1").create_bucket(Bucket=bucket)
         print(f"{a.objects} objects x {a.mb:g} MiB, {a.depth} threads, server {a.url}")
         print(f"{'library':<18}{'op':<5}{'GB/s':>8}{'GB/CPU-s':>10}{'CPU-s':>8}")
+        runs: dict[str, list[dict]] = {}
+        for _ in range(a.repeats):
+            for lib in LIBRARIES:
+                if importlib.util.find_spec(MODULES[lib]) is None:
+                    continue
+                proc = subprocess.run([sys.executable, __file__, "--objects", str(a.objects),
+                                       "--mb", str(a.mb), "--depth", str(a.depth), "--child", lib,
+                                       a.url, bucket], capture_output=True, text=True)
+                if proc.returncode:
+                    print(f"{lib:<18}failed: {proc.stderr.strip().splitlines()[-1]}")
+                    continue
+                runs.setdefault(lib, []).append(json.loads(proc.stdout.strip().splitlines()[-1]))
         best = {}
         for lib in LIBRARIES:
-            if importlib.util.find_spec(MODULES[lib]) is None:
-                print(f"{lib:<18}not installed")
+            if lib not in runs:
+                print(f"{lib:<18}not installed or failed")
                 continue
-            proc = subprocess.run([sys.executable, __file__, "--objects", str(a.objects), "--mb",
-                                   str(a.mb), "--depth", str(a.depth), "--child", lib, a.url,
-                                   bucket], capture_output=True, text=True)
-            if proc.returncode:
-                print(f"{lib:<18}failed: {proc.stderr.strip().splitlines()[-1]}")
-                continue
-            res = json.loads(proc.stdout.strip().splitlines()[-1])
+            med = {op: {k: statistics.median(r[op][k] for r in runs[lib]) for k in runs[lib][0][op]}
+                   for op in ("put", "get")}
             for op in ("put", "get"):
-                r = res[op]
+                r = med[op]
                 print(f"{lib:<18}{op:<5}{r['gb_s']:>8.3f}{r['gb_per_cpu_s']:>10.3f}{r['cpu_s']:>8.2f}")
-            best[lib] = 2 / (1 / res["put"]["gb_per_cpu_s"] + 1 / res["get"]["gb_per_cpu_s"])
+            best[lib] = 2 / (1 / med["put"]["gb_per_cpu_s"] + 1 / med["get"]["gb_per_cpu_s"])
         if best:
             order = sorted(best, key=best.get, reverse=True)
             print("GB per CPU-second, PUT and GET together (harmonic mean): "
