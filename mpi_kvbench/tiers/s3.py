@@ -161,8 +161,8 @@ class Client:
         """The object as a stream: ``readinto(view)`` in order, then ``close()``."""
         raise NotImplementedError
 
-    def list(self, bucket: str, prefix: str) -> list[tuple[str, int]]:
-        """(key, size) of every object under ``prefix``."""
+    def list(self, bucket: str, prefix: str) -> list[str]:
+        """The key of every object under ``prefix``."""
         raise NotImplementedError
 
     def delete(self, bucket: str, keys: list[str]) -> None:
@@ -241,9 +241,8 @@ class MinioClient(Client):
     def get_stream(self, bucket: str, key: str) -> Any:
         return _Response(self._mc.get_object(bucket, key))
 
-    def list(self, bucket: str, prefix: str) -> list[tuple[str, int]]:
-        return [(o.object_name, o.size) for o in
-                self._mc.list_objects(bucket, prefix=prefix, recursive=True)]
+    def list(self, bucket: str, prefix: str) -> list[str]:
+        return [o.object_name for o in self._mc.list_objects(bucket, prefix=prefix, recursive=True)]
 
     def delete(self, bucket: str, keys: list[str]) -> None:
         from minio.deleteobjects import DeleteObject
@@ -347,14 +346,10 @@ class S3dlioClient(Client):
     def get_stream(self, bucket: str, key: str) -> Any:
         return _RangeReader(self._s3, f"s3://{bucket}/{key}")
 
-    def list(self, bucket: str, prefix: str) -> list[tuple[str, int]]:
-        uri = f"s3://{bucket}/{prefix}"
-        keys = self._s3.list(uri, recursive=True)
-        out = []
-        for k in keys:
-            name = k[len(f"s3://{bucket}/"):] if k.startswith("s3://") else k
-            out.append((name, int(self._s3.stat(f"s3://{bucket}/{name}")["size"])))
-        return out
+    def list(self, bucket: str, prefix: str) -> list[str]:
+        head = f"s3://{bucket}/"
+        return [k[len(head):] if k.startswith(head) else k
+                for k in self._s3.list(f"{head}{prefix}", recursive=True)]
 
     def delete(self, bucket: str, keys: list[str]) -> None:
         for k in keys:
@@ -400,11 +395,8 @@ class S3TorchClient(Client):
     def get_stream(self, bucket: str, key: str) -> Any:
         return self._c.get_object(bucket, key)
 
-    def list(self, bucket: str, prefix: str) -> list[tuple[str, int]]:
-        out = []
-        for page in self._c.list_objects(bucket, prefix):
-            out.extend((o.key, int(o.size)) for o in page.object_info)
-        return out
+    def list(self, bucket: str, prefix: str) -> list[str]:
+        return [o.key for page in self._c.list_objects(bucket, prefix) for o in page.object_info]
 
     def delete(self, bucket: str, keys: list[str]) -> None:
         for k in keys:
@@ -476,13 +468,17 @@ class S3Tier(Tier):
         self.rank_prefix = f"{self.run_prefix}rank{ctx.rank}/"
         self.client = open_client(p.library, self.endpoint, self.region,
                                   int(p.part_size_mb * MiB), p.connections, f"{where}.library")
+        # the whole prefix when it must hold nothing foreign; else only this rank's own
+        # (on a shared bucket that may hold millions): either listing proves the endpoint,
+        # the keys and the bucket before anything is measured
+        look = self.rank_prefix if p.allow_foreign else (f"{base}/" if base else "")
         try:
-            held = self.client.list(p.bucket, f"{base}/" if base else "")
+            held = self.client.list(p.bucket, look)
         except Exception as exc:   # noqa: BLE001 - every library raises its own types
             self.client.close()
             err = classify(exc)
             raise ConfigError(f"{where}: {self._explain(err)}") from None
-        foreign = [k for k, _ in held if not k.startswith(self.run_prefix)]
+        foreign = [k for k in held if not k.startswith(self.run_prefix)]
         if foreign and not p.allow_foreign:
             self.client.close()
             raise ConfigError(
@@ -523,8 +519,7 @@ class S3Tier(Tier):
             client.close()
             return
         try:   # every object under this rank's prefix is this run's (open refused others)
-            keys = [k for k, _ in client.list(self.params.bucket, self.rank_prefix)]
-            client.delete(self.params.bucket, keys)
+            client.delete(self.params.bucket, client.list(self.params.bucket, self.rank_prefix))
         finally:
             client.close()
 
