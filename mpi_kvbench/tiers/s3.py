@@ -45,7 +45,7 @@ from mpi_kvbench.errors import ConfigError
 from mpi_kvbench.tiers.base import Tier
 
 LIBRARIES = ("s3dlio", "s3torchconnector", "minio")
-DEFAULT_LIBRARY = "s3dlio"     # the most GB/s per CPU-second: benchmarks/s3_libraries.py
+DEFAULT_LIBRARY = "minio"      # the most GB per CPU-second here: benchmarks/s3_libraries.py
 MiB = 1 << 20
 ENDPOINT_VARS = ("S3_ENDPOINT_URIS", "S3_ENDPOINT_TEMPLATE", "S3_ENDPOINT_FILE",
                  "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")

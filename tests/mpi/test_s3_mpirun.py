@@ -30,6 +30,8 @@ def test_two_ranks_on_s3_match_the_servers_view(s3_server, tmp_path: Path) -> No
     objects under its prefix: as many, and as many bytes, as its counters say."""
     bucket = f"m{uuid.uuid4().hex[:8]}"
     s3_server.boto().create_bucket(Bucket=bucket)
+    # the default library; s3dlio and s3torchconnector import torch when it is installed
+    # (seconds per rank), so they are tested in one process (tests/unit/test_s3_tier.py)
     proc, _ = mpirun(2, *s3_args(s3_server, bucket, "--set", "tiers.object.keep_objects=true",
                                  "--set", "io.verify=true"),
                      "--results-dir", str(tmp_path / "r"), "--run-name", "s3", cwd=tmp_path,

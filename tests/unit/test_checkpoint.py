@@ -19,7 +19,7 @@ from mpi_kvbench.errors import ConfigError
 from mpi_kvbench.mpi.comm import SerialComm
 
 MiB = 1 << 20
-SIZE = 24 * MiB            # a checkpoint held whole would add this much resident memory
+SIZE = 8 * MiB             # a checkpoint held whole would add this much resident memory
 
 
 def test_size_from_the_model_is_split_over_the_ranks_in_whole_blocks() -> None:
@@ -63,7 +63,7 @@ def test_the_pool_streams_every_chunk_once_in_order_stamped() -> None:
 def run_checkpoint(tmp_path: Path, **over) -> dict:
     s = cs.build({"size_gb": SIZE / 1e9, "chunk_mb": 0.25, "num_buffers": 4, "verify": True,
                   "results_dir": str(tmp_path / "res"), "run_name": "ck",
-                  "path": str(tmp_path / "data"), "calibrate_gb": 4 * MiB / 1e9, **over})
+                  "path": str(tmp_path / "data"), "calibrate_gb": MiB / 1e9, **over})
     assert execute(s, "test", SerialComm()) == 0
     out = tmp_path / "res" / "ck"
     summary = json.loads((out / "summary.json").read_text())
@@ -72,13 +72,14 @@ def run_checkpoint(tmp_path: Path, **over) -> dict:
     return summary
 
 
-def check_streamed(summary: dict) -> None:
+def check_streamed(summary: dict, size: int = SIZE, margin: int = 4 * MiB) -> None:
     """Written and restored whole and verified, and resident memory never grew by more
-    than the pool and a margin well below the checkpoint's size."""
-    assert summary["complete"] and summary["bytes_total"] == SIZE
+    than the pool and a margin: together well below the checkpoint's size."""
+    assert summary["complete"] and summary["bytes_total"] == size
     assert summary["verify_mismatches"] == 0
     assert summary["time_to_checkpoint_s"] > 0 and summary["time_to_restore_s"] > 0
-    assert summary["peak_rss_growth_bytes_max"] < summary["pool_bytes"] + 8 * MiB
+    assert summary["pool_bytes"] + margin < size
+    assert summary["peak_rss_growth_bytes_max"] < summary["pool_bytes"] + margin
 
 
 def test_file_checkpoint_o_direct_streams_and_restores(tmp_path: Path) -> None:
@@ -121,9 +122,11 @@ def test_s3_checkpoint_goes_up_in_parts_and_comes_back(s3_server, tmp_path, monk
         monkeypatch.setenv(k, v)
     bucket = "ckpt"
     s3_server.boto().create_bucket(Bucket=bucket)
-    summary = run_checkpoint(tmp_path, target="s3", chunk_mb=5, calibrate=False,
-                             s3={"bucket": bucket, "endpoints": [s3_server.url],
-                                 "library": "minio", "prefix": "ck"})
-    check_streamed(summary)                          # 24 MiB in 5 MiB parts
+    # 64 MiB in 5 MiB parts through 2 buffers; the margin is the client's own part
+    # buffers and copies (minio: about 30 MB whatever the size)
+    summary = run_checkpoint(tmp_path, target="s3", chunk_mb=5, num_buffers=2, calibrate=False,
+                             size_gb=64 * MiB / 1e9,
+                             s3={"bucket": bucket, "endpoints": [s3_server.url], "prefix": "ck"})
+    check_streamed(summary, 64 * MiB, 40 * MiB)
     assert summary["target_info"]["endpoint"] == s3_server.url
     assert s3_server.objects(bucket) == {}           # removed after the restore
