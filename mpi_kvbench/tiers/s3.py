@@ -16,8 +16,10 @@ so a wrong endpoint or key is one line before anything is measured.
 
 Three libraries move the bytes (the ones the seed benchmark uses): ``s3dlio`` (Rust),
 ``s3torchconnector`` (the AWS CRT client) and ``minio`` (pure Python over urllib3). Each is
-wrapped in a class with the same five operations, so the tier and the checkpoint writer
-never branch on the library; a library that is not installed is one ConfigError naming it.
+wrapped in a class with the same operations (put, streamed put, get, streamed get, list,
+delete), so the tier and the checkpoint writer never branch on the library; a library
+that is not installed is one ConfigError naming it. The default is the library that moved
+the most bytes per CPU-second of the client in ``benchmarks/s3_libraries.py``.
 
 Where an endpoint comes from, first found wins: the ``endpoints`` setting; the seed's
 variables ``S3_ENDPOINT_URIS`` (comma separated), ``S3_ENDPOINT_TEMPLATE``
@@ -487,16 +489,18 @@ class S3Tier(Tier):
                 f" {where}.allow_foreign=true")
 
     def _explain(self, err: StoreError) -> str:
+        """One line an operator can act on (a library's message may span lines)."""
         at = f"s3://{self.params.bucket} at {self.endpoint}"
+        detail = " ".join(str(err).split())[:240]
         if err.kind == "unreachable":
-            return (f"endpoint {self.endpoint} does not answer ({err}); start the server or fix"
+            return (f"endpoint {self.endpoint} does not answer ({detail}); start the server or fix"
                     f" endpoints / {', '.join(ENDPOINT_VARS)}")
         if err.kind == "credentials":
             return (f"{at} refused the credentials; set AWS_ACCESS_KEY_ID and"
                     " AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) to keys it accepts")
         if err.kind == "no_bucket":
             return f"bucket {self.params.bucket!r} does not exist at {self.endpoint}; create it first"
-        return f"{at}: {err}"
+        return f"{at}: {detail}"
 
     def key(self, slot: int) -> str:
         return f"{self.rank_prefix}{slot}"
