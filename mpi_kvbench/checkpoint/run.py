@@ -113,7 +113,8 @@ def _measure(s: CheckpointSettings, comm: Comm, ctx: RankContext, target: Target
              pool: BufferPool, size: int) -> dict[str, Any]:
     row: dict[str, Any] = {"rank": ctx.rank, "host": ctx.host, "bytes": size, "error": None,
                            "target": target.info(), "pool_bytes": pool.nbytes}
-    producer = Producer(pool, size, ctx.rank, s.generator_threads)   # fills the pool now
+    producer = Producer(pool, size, ctx.rank, s.generator_threads,   # fills the pool now
+                        checksums=s.restore and s.verify)
     row["rss_before_bytes"] = _status("VmRSS")
     reset_peak_rss()
     try:

@@ -8,8 +8,8 @@ never waits at the start; afterwards, each time the writer finds no filled buffe
 counts a stall (and the time it waited): generation held the device back.
 
 Every 4 KiB block is stamped like a KV payload (key = rank and chunk number, sequence,
-offset) and each chunk's CRC is kept (4 bytes per chunk), so a restore can be verified
-without keeping the data.
+offset) and, for a verified restore, each chunk's CRC is kept (4 bytes per chunk), so the
+restore can be checked without keeping the data.
 """
 
 from __future__ import annotations
@@ -58,16 +58,17 @@ class Producer:
     to the writer one at a time and takes each back when the writer asks for the next."""
 
     def __init__(self, pool: BufferPool, total_bytes: int, rank: int, threads: int = 1,
-                 seed: int | None = None) -> None:
+                 checksums: bool = True) -> None:
         self.sizes = chunk_sizes(total_bytes, pool.chunk_bytes)
         self.rank = rank
+        self.checksums = checksums     # only a verified restore needs them: CPU saved
         self.crcs = [0] * len(self.sizes)
         self.stalls = 0
         self.stall_s = 0.0
         self.gen_cpu_s = 0.0
         self.gen_wall_s = 0.0
         self._gen = dgen_py.Generator(size=max(total_bytes, 1), dedup_ratio=1, compress_ratio=1,
-                                      max_threads=threads, **({} if seed is None else {"seed": seed}))
+                                      max_threads=threads)
         self._empty: queue.SimpleQueue = queue.SimpleQueue()
         self._ready: queue.SimpleQueue = queue.SimpleQueue()
         for b in pool.buffers:
@@ -87,7 +88,8 @@ class Producer:
                 while done < size:
                     done += self._gen.fill_chunk(view[done:])
                 pl.stamp(view, chunk_key(self.rank, i), i)
-                self.crcs[i] = pl.checksum(view)
+                if self.checksums:
+                    self.crcs[i] = pl.checksum(view)
                 self.gen_cpu_s += time.thread_time() - c
                 self.gen_wall_s += time.perf_counter() - w
                 view.release()
