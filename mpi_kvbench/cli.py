@@ -1,4 +1,5 @@
-"""Command line: ``run`` (the default), ``models``, ``configs``, ``calibrate``, ``export``.
+"""Command line: ``run`` (the default), ``models``, ``configs``, ``calibrate``, ``export``,
+``checkpoint``.
 
 Flags override the config file, which overrides the packaged defaults. Any mistake is
 one line on stderr, ``error: ...``, and exit status 2, printed once (by rank 0 under MPI).
@@ -54,7 +55,7 @@ def launch_rank() -> int:
     return 0
 
 
-COMMANDS = ("run", "models", "configs", "calibrate", "export")
+COMMANDS = ("run", "models", "configs", "calibrate", "export", "checkpoint")
 
 
 class Parser(argparse.ArgumentParser):
@@ -205,6 +206,15 @@ def build_parser() -> Parser:
     exp.add_argument("--force", action="store_true",
                      help="export runs of different world size, model or configuration together")
     exp.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    ck = sub.add_parser("checkpoint", help="streaming checkpoint write + restore (every rank)")
+    ck.add_argument("--config", help="YAML file; its checkpoint: section")
+    ck.add_argument("--target", help="file or s3")
+    ck.add_argument("--size-gb", type=float, metavar="X", help="checkpoint shard per rank")
+    ck.add_argument("--path", metavar="PATH_TEMPLATE", help="file target directory")
+    ck.add_argument("--results-dir", metavar="DIR")
+    ck.add_argument("--run-name", metavar="NAME")
+    ck.add_argument("--set", action="append", default=[], metavar="checkpoint.KEY=VALUE",
+                    help="any checkpoint key (checkpoint.s3.bucket=...); repeatable")
     return p
 
 
@@ -285,6 +295,28 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_checkpoint(args: argparse.Namespace, argv: list[str]) -> int:
+    from mpi_kvbench import config as cfgmod
+    from mpi_kvbench.checkpoint import settings
+    from mpi_kvbench.checkpoint.run import execute
+
+    section = dict((cfgmod.read_yaml(args.config).get("checkpoint") or {}) if args.config else {})
+    overs = [cfgmod.parse_set(item) for item in args.set]
+    for item, over in zip(args.set, overs, strict=True):
+        if set(over) != {"checkpoint"}:
+            raise ConfigError(f"--set {item!r}: the checkpoint command takes checkpoint.KEY=VALUE")
+    overs += [{"checkpoint": {f: getattr(args, f)}} for f in ("target", "size_gb", "path",
+                                                              "results_dir", "run_name")
+              if getattr(args, f) is not None]
+    for over in overs:   # settings.build checks every key; s3 keys merge one by one
+        for key, value in over["checkpoint"].items():
+            old = section.get(key)
+            section[key] = {**old, **value} if isinstance(old, dict) and isinstance(value, dict) \
+                else value
+    s = settings.build(section)
+    return execute(s, shlex.join(["python", "-m", "mpi_kvbench", *argv]))
+
+
 def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     from mpi_kvbench import config as cfgmod
     from mpi_kvbench.run import execute
@@ -327,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_calibrate(args)
         if args.command == "export":
             return cmd_export(args)
+        if args.command == "checkpoint":
+            return cmd_checkpoint(args, argv)
         return cmd_run(args, argv)
     except ConfigError as err:
         if launch_rank() == 0:

@@ -39,7 +39,7 @@ from mpi_kvbench.params import (
 )
 from mpi_kvbench.registry import POLICIES, TIERS, WORKLOADS, Registry
 
-TIER_LEVELS = ("hbm", "dram", "storage")
+TIER_LEVELS = ("hbm", "dram", "object", "storage")
 PATH_FIELDS = {"{rank}", "{local_rank}", "{node}", "{host}", "{group}", "{run_id}"}
 QOS_CLASSES = ("interactive", "responsive", "batch")   # as workloads/qos.py draws them
 MAX_CAPACITY_GB = 1e6      # a petabyte per rank: above any real tier, below an overflow

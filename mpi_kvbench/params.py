@@ -75,7 +75,7 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
             return finite(value, where)
         if kind is int and isinstance(value, float) and value.is_integer() and bool not in kinds:
             return bounded(int(value), where)
-        if kind in (int, str, bool, dict) and isinstance(value, kind):
+        if kind in (int, str, bool, dict, list) and isinstance(value, kind):
             return clean(value, where)
     raise ConfigError(f"{where}={value!r}: expected {_hint_name(kinds)}")
 

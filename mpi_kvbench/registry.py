@@ -64,6 +64,7 @@ TIERS = Registry(
         "dram": "mpi_kvbench.tiers.dram:DramTier",
         "storage": "mpi_kvbench.tiers.storage:StorageTier",
         "null": "mpi_kvbench.tiers.null:NullTier",
+        "s3": "mpi_kvbench.tiers.s3:S3Tier",
     },
     required=("open", "read", "write", "close", "info"),
 )
