@@ -23,6 +23,7 @@ from typing import Any
 from mpi_kvbench.calibrate import calibrate
 from mpi_kvbench.config import Config
 from mpi_kvbench.context import RankContext
+from mpi_kvbench.devstats import DeviceWindow
 from mpi_kvbench.distribute import replica_requests
 from mpi_kvbench.engine import Engine, EngineSettings, StopReason, disagg
 from mpi_kvbench.environment import describe
@@ -33,7 +34,7 @@ from mpi_kvbench.progress import Progress
 from mpi_kvbench.registry import POLICIES, WORKLOADS
 from mpi_kvbench.results.collected import Collected
 from mpi_kvbench.results.hdf5 import attributes, write_hdf5, write_summary
-from mpi_kvbench.results.summary import RunFacts, render, summarize
+from mpi_kvbench.results.summary import VERIFY_FAILED, RunFacts, render, summarize, verify_failure
 from mpi_kvbench.tiers import open_tiers
 from mpi_kvbench.tiers.base import Tier
 from mpi_kvbench.workloads.base import Request
@@ -88,6 +89,7 @@ class Run:
     workload: Any = None
     requests: Iterator[Request] = iter(())
     calibration: list | None = None
+    devices: DeviceWindow | None = None   # the first rank of a node: its storage disks' counters
 
     @property
     def decode(self) -> bool:
@@ -156,6 +158,8 @@ def _set_up(run: Run) -> None:
     agree(comm, exc)
     for tier in run.tiers:   # a TP group's ranks must plan alike: the smallest capacity rules
         tier.limit_capacity(run.group.allreduce(tier.capacity_bytes, "min"))
+    _say_capped(run)
+    run.devices = _device_window(run)
     try:
         k = cfg.engine.prefill_groups
         write_level = 0
@@ -207,6 +211,8 @@ def _measured_phase(run: Run) -> Phase:
     """Every rank starts at one barrier and serves until its share, the deadline or a stop."""
     cfg, comm, engine = run.cfg, run.comm, run.engine
     comm.quiet_barrier()
+    if run.devices is not None:
+        run.devices.start()
     start, wall_start = time.perf_counter_ns(), time.time_ns()
     engine.start_phase(start)
     deadline = start + int(cfg.run.duration_s * 1e9) if cfg.run.duration_s else None
@@ -232,8 +238,11 @@ def _reduce(run: Run, phase: Phase) -> Collected | None:
     """Every rank's figures to rank 0 (None elsewhere)."""
     comm, engine = run.comm, run.engine
     comm.quiet_barrier()
+    if run.devices is not None:   # every rank's I/O of the window is done
+        run.devices.stop()
     group_latency(run.group, engine.recorder.log, engine.metrics)
     env = describe(run.ctx, comm.library, [t.info() for t in run.tiers])
+    env["device_io"] = run.devices.result() if run.devices is not None else None
     data = collect(comm, engine.metrics, phase.elapsed_ns, env, phase.error)
     phase.wall_ns = (comm.allreduce(phase.wall_ns[0], "min"), comm.allreduce(phase.wall_ns[1], "max"))
     return data
@@ -258,7 +267,7 @@ def _close(run: Run) -> None:
 def _report(run: Run, data: Collected | None, phase: Phase) -> int:
     """Rank 0 writes the result and tells the others the exit status."""
     if run.comm.rank != 0:
-        return 1 if run.comm.bcast(None) else 0
+        return int(run.comm.bcast(None) or 0)
     status = _write(run, data, phase)
     run.comm.bcast(status)
     return status
@@ -277,7 +286,7 @@ def facts(run: Run) -> RunFacts:
         workload=cfg.workload_kind, workload_info=run.workload.info(), payload_mode=cfg.io.payload,
         tiers=[t.level for t in run.tiers], calibration=list(run.calibration or []),
         prefill_groups=cfg.engine.prefill_groups, stonewall=cfg.run.stonewall,
-        qos_metric=cfg.qos.metric, qos_targets_ms=cfg.qos.targets_ms)
+        qos_metric=cfg.qos.metric, qos_targets_ms=cfg.qos.targets_ms, verify=cfg.io.verify)
 
 
 def _write(run: Run, data: Collected, phase: Phase) -> int:
@@ -302,4 +311,31 @@ def _write(run: Run, data: Collected, phase: Phase) -> int:
     if data.errors:
         print(f"error: {data.errors[0]}", file=sys.stderr)
         return 1
+    if summary["verify"]["verdict"] == "fail":
+        print(f"error: verify: {verify_failure(summary['verify'])}", file=sys.stderr)
+        return VERIFY_FAILED
     return 0
+
+
+def _say_capped(run: Run) -> None:
+    """One line on rank 0 per tier that got less than asked beyond rounding down to whole
+    objects (free space, the TP group's smallest), on the rank that got least."""
+    obj = run.cfg.geometry.object_bytes
+    for tier in run.tiers:
+        got = run.comm.allgather((tier.slots, tier.capped))
+        slots, why = min(got, key=lambda g: g[0])
+        if run.comm.rank == 0 and (slots + 1) * obj <= tier.requested_bytes:
+            print(f"warning: tiers.{tier.level}: {tier.requested_bytes / 1e9:g} GB per rank asked,"
+                  f" {slots * obj / 1e9:.3g} GB ({slots} objects) used"
+                  f" ({why or 'the smallest of its TP group'})", file=sys.stderr)
+
+
+def _device_window(run: Run) -> DeviceWindow | None:
+    """The first rank of each node watches the disks behind its node's storage tiers."""
+    mine = [(i["devices"], i["no_device"]) for i in (t.info() for t in run.tiers) if "devices" in i]
+    seen = [s for node, s in run.comm.allgather((run.ctx.node, mine)) if node == run.ctx.node]
+    found = [entry for s in seen for entry in s]
+    if run.ctx.local_rank != 0 or not found:
+        return None
+    devices = sorted({d for devs, _ in found for d in devs})
+    return DeviceWindow(devices, None if devices else found[0][1])

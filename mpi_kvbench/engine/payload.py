@@ -31,6 +31,10 @@ whole-process CPU side by side.
 
 Verification: a write records the CRC32 of its buffer; a verified read recomputes it
 and checks the stamp of every block, so misplaced and corrupted data are both caught.
+Without verify, ``stamped`` looks at the stamps of an object's first and last block only
+(six words, about a microsecond): enough to catch a read of a region never written or
+cut off by truncation (zeros, or the stale bytes of another object), cheap enough for
+every read.
 """
 
 from __future__ import annotations
@@ -75,6 +79,16 @@ def stamp(buf: mmap.mmap, key: int, seq: int) -> None:
     words[:, 0] = key & MASK64
     words[:, 1] = seq
     words[:, 2] = _offsets(words.shape[0])
+
+
+def stamped(buf: mmap.mmap | memoryview, key: int, nbytes: int) -> bool:
+    """True when the first and last 4 KiB block of the ``nbytes`` object carry ``key`` and
+    their own offsets (see the module notes): a cheap guard, not a full check."""
+    last = (nbytes // BLOCK - 1) * BLOCK
+    first = np.frombuffer(buf, dtype=np.uint64, count=3)
+    tail = np.frombuffer(buf, dtype=np.uint64, count=3, offset=last) if last > 0 else first
+    want = np.uint64(key & MASK64)
+    return bool(first[0] == want and first[2] == 0 and tail[0] == want and tail[2] == last)
 
 
 def checksum(buf: mmap.mmap | memoryview) -> int:
