@@ -24,7 +24,6 @@ from mpi_kvbench.context import RankContext
 from mpi_kvbench.engine import payload as pl
 from mpi_kvbench.engine.iopool import READ, WRITE, IOPool, Op
 from mpi_kvbench.errors import ConfigError
-from mpi_kvbench.layout import aligned_buffer
 from mpi_kvbench.mpi.comm import SerialComm
 from mpi_kvbench.registry import TIERS
 from mpi_kvbench.tiers import open_tiers
