@@ -284,8 +284,8 @@ def summarize(data: Collected, run: RunFacts) -> dict[str, Any]:
 def capacity(data: Collected, level: str, object_bytes: int) -> dict[str, Any]:
     """Per rank, what the config asked of a tier and what the smallest rank used (whole
     objects, after free space and the TP group's smallest cut it)."""
-    facts = _tier_facts(data, level)
-    if not facts:
+    facts = [t for t in _tier_facts(data, level) if "slots" in t]
+    if not facts:   # facts of an older result, or none of this tier
         return {}
     slots = min(int(t["slots"]) for t in facts)
     requested = max(int(t.get("requested_bytes", t["capacity_bytes"])) for t in facts)
