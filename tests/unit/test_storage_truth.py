@@ -93,6 +93,38 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(mnt)], check=False)
 
 
+@pytest.fixture
+def private_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 MB ext4 on a loop device of its own (needs root, losetup and mkfs.ext4): a
+    block device no other process touches, so its counters are this run's alone."""
+    if os.geteuid() != 0:
+        pytest.skip("a loop device needs root")
+    image, mnt = tmp_path / "disk.img", tmp_path / "disk"
+    mnt.mkdir()
+    with open(image, "wb") as fh:
+        fh.truncate(256 << 20)
+
+    def sh(*cmd: str) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True)
+        except FileNotFoundError as exc:
+            pytest.skip(f"{cmd[0]} is not installed: {exc}")
+
+    if sh("mkfs.ext4", "-q", "-F", str(image)).returncode:
+        pytest.skip("mkfs.ext4 failed")
+    loop = sh("losetup", "-f", "--show", str(image))
+    if loop.returncode:
+        pytest.skip(f"no loop device: {loop.stderr.strip()}")
+    dev = loop.stdout.strip()
+    try:
+        if sh("mount", dev, str(mnt)).returncode:
+            pytest.skip(f"cannot mount {dev}")
+        yield mnt
+    finally:
+        sh("umount", str(mnt))
+        sh("losetup", "-d", dev)
+
+
 def errors(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("error:")]
 
@@ -228,3 +260,22 @@ def test_reads_of_lost_writes_fail_the_run_visibly(tmp_path: Path, main, verify:
     assert errors(err) == [f"error: verify: {run_mod.verify_failure(v)}"]
     assert f"verify fail: {v['checked']} reads checked in full" in out
     assert s["complete"] is True      # the measurement finished; what it read was wrong
+
+
+def test_device_bytes_match_the_tools_on_a_disk_of_its_own(private_disk: Path, tmp_path: Path,
+                                                            main) -> None:
+    """On a private loop device the disk's own counters over the measured window agree
+    with the bytes the tool counted, within 5% (O_DIRECT; what is left is the file
+    system's metadata), and no warning is given."""
+    code, out, err, s = main(tmp_path, *BASE, "--max-requests", "12", "--cache-dir",
+                             str(private_disk / "kv"), "--storage-capacity-gb", str(30 * OBJ / 1e9))
+    assert code == 0, err
+    dev, t = s["device_io"], s["tiers"]["storage"]
+    loop = os.path.basename(os.path.realpath(f"/sys/dev/block/{os.stat(private_disk).st_dev >> 8}:"
+                                             f"{os.stat(private_disk).st_dev & 0xFF}"))
+    assert s["o_direct"] is True and dev["nodes"][0]["devices"] == [loop] and loop.startswith("loop")
+    assert t["read_bytes"] > 0 and t["write_bytes"] > 0
+    assert (dev["tool_read_bytes"], dev["tool_write_bytes"]) == (t["read_bytes"], t["write_bytes"])
+    assert t["read_bytes"] <= dev["read_bytes"] <= 1.05 * t["read_bytes"]
+    assert t["write_bytes"] <= dev["write_bytes"] <= 1.05 * t["write_bytes"]
+    assert dev["warning"] is None and "warning: device I/O" not in out
