@@ -69,7 +69,8 @@ def main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
         capsys.readouterr()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            code = cli_mod.main(["--results-dir", str(tmp / "res"), "--run-name", "r", *args])
+            code = cli_mod.main(list(args) if args[0] == "calibrate" else
+                                ["--results-dir", str(tmp / "res"), "--run-name", "r", *args])
         out, err = capsys.readouterr()
         path = tmp / "res" / "r" / "summary.json"
         return code, out, err, json.loads(path.read_text()) if path.exists() else None
@@ -138,6 +139,11 @@ def test_a_tmpfs_storage_path_is_refused_in_one_line(tmpfs: Path, tmp_path: Path
         f"error: tiers.storage.path: {tmpfs / 'kv'} is tmpfs (memory), so the storage tier would"
         " measure RAM; use a disk-backed path or set tiers.storage.allow_memory: true"]
     assert not (tmpfs / "kv").exists()     # the directory it made is gone again
+    code, out, err, _ = main(tmp_path, "calibrate", "--cache-dir", str(tmpfs / "c"), "--size-gb", "0.1")
+    assert code == 2 and len(errors(err)) == 1 and "is tmpfs (memory)" in err
+    code, out, err, _ = main(tmp_path, "calibrate", "--cache-dir", str(tmpfs / "c"), "--size-gb", "0.1",
+                             "--set", "tiers.storage.allow_memory=true")
+    assert code == 0 and "(tmpfs, O_DIRECT" in out
 
 
 def test_an_allowed_tmpfs_is_said_and_capped_to_its_free_space(tmpfs: Path, tmp_path: Path,
