@@ -112,6 +112,11 @@ class StorageTier(Tier):
         self.path = os.path.join(base, f"kvbench-{ctx.run_id}-{who}.slab")
         self._owner = self.share != "reader"
         self.made_dirs: list[str] = []
+        self.memory = memory_fs(base)          # before anything is made (the mount table if none)
+        if self.memory and not self.params.allow_memory:
+            raise ConfigError(f"tiers.storage.path: {base} is {self.memory} (memory), so the storage"
+                              " tier would measure RAM; use a disk-backed path or set"
+                              " tiers.storage.allow_memory: true")
         if not self._owner:
             self._open_shared()
         else:
@@ -124,12 +129,6 @@ class StorageTier(Tier):
             self.fd = os.open(self.path, flags, 0o600)   # O_EXCL: never reuse someone's file
             self.o_direct = self.params.o_direct and self._try_direct(flags)
         self.written_end = 0                   # the end of the furthest write: the slab's least size
-        self.memory = memory_fs(base)
-        if self.memory and not self.params.allow_memory:
-            self.close()
-            raise ConfigError(f"tiers.storage.path: {base} is {self.memory} (memory), so the storage"
-                              " tier would measure RAM; use a disk-backed path or set"
-                              " tiers.storage.allow_memory: true")
         self.devices, self.no_device = block_devices(base)
         st = os.statvfs(base)
         free = st.f_bavail * st.f_frsize
