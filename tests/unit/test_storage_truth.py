@@ -39,8 +39,9 @@ BASE = ["--duration", "0", "--model", "tiny-1b", "--chunk-tokens", "64", "--io-d
 
 class LossyTier(StorageTier):
     """Storage that loses data: after ``keep`` writes every write says it wrote its bytes
-    and wrote nothing (a dropped write cache, a truncating neighbour), so reads of those
-    slots return a hole's zeros or run past the end of the file."""
+    and wrote nothing (a dropped write cache). The slab is sized at open, as a
+    preallocated one is, so reads of those slots return a hole's zeros at full length:
+    only the stamps can tell (the short reads of a truncated slab: see the test below)."""
 
     name = "lossy"
 
@@ -50,6 +51,7 @@ class LossyTier(StorageTier):
 
     def open(self, ctx: RankContext) -> None:
         super().open(ctx)
+        os.ftruncate(self.fd, self.capacity_bytes)
         self._writes = 0
 
     def write(self, slot: int, data: memoryview) -> int:
@@ -261,6 +263,7 @@ def test_reads_of_lost_writes_fail_the_run_visibly(tmp_path: Path, main, verify:
     assert code == 3, err
     v = s["verify"]
     assert v["verdict"] == "fail" and v["stamp_mismatches"] > 0 and v["enabled"] is (verify == "true")
+    assert v["slabs_truncated"] == 0                     # full length: the stamps caught it
     assert (v["mismatches"] >= v["stamp_mismatches"]) if verify == "true" else v["mismatches"] == 0
     assert v["stamps_checked"] == s["tiers"]["storage"]["read_ops"]
     assert errors(err) == [f"error: verify: {run_mod.verify_failure(v)}"]
