@@ -283,7 +283,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.size_gb <= 0:
         raise ConfigError("--size-gb: give a positive size")
     geo = cfg.geometry
-    params = StorageTier.Params(path=args.cache_dir)
+    spec = next((t for t in cfg.tiers if t.kind == "storage"), None)   # allow_memory (tmpfs)
+    params = StorageTier.Params(path=args.cache_dir,
+                                allow_memory=bool(spec and spec.params.allow_memory))
     result = calibrate(params, RankContext(run_id=f"cal{os.getpid()}"), geo.object_bytes, cfg.io.io_depth,
                        int(args.size_gb * 1e9))
     if args.json:

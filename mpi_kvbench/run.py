@@ -27,6 +27,7 @@ from mpi_kvbench import __version__
 from mpi_kvbench.calibrate import calibrate
 from mpi_kvbench.config import Config
 from mpi_kvbench.context import RankContext
+from mpi_kvbench.devstats import DeviceWindow
 from mpi_kvbench.distribute import replica_requests
 from mpi_kvbench.engine import Engine, EngineSettings, StopReason, disagg
 from mpi_kvbench.environment import describe
@@ -40,7 +41,7 @@ from mpi_kvbench.progress import Console, Progress
 from mpi_kvbench.registry import POLICIES, WORKLOADS
 from mpi_kvbench.results.collected import Collected
 from mpi_kvbench.results.hdf5 import attributes, write_hdf5, write_summary
-from mpi_kvbench.results.summary import RunFacts, render, summarize
+from mpi_kvbench.results.summary import VERIFY_FAILED, RunFacts, render, summarize, verify_failure
 from mpi_kvbench.tiers import open_tiers
 from mpi_kvbench.tiers.base import Tier
 from mpi_kvbench.workloads.base import Request
@@ -103,6 +104,7 @@ class Run:
     calibration: list | None = None
     console: Console = field(default_factory=lambda: Console(False))   # rank 0's live output
     signals: Interrupts = field(default_factory=Interrupts)
+    devices: DeviceWindow | None = None   # the first rank of a node: its storage disks' counters
 
     @property
     def decode(self) -> bool:
@@ -232,6 +234,8 @@ def _set_up(run: Run) -> None:
     agree(comm, exc, run.signals)
     for tier in run.tiers:   # a TP group's ranks must plan alike: the smallest capacity rules
         tier.limit_capacity(run.group.allreduce(tier.capacity_bytes, "min"))
+    _say_capped(run)
+    run.devices = _device_window(run)
     try:
         k = cfg.engine.prefill_groups
         write_level = 0
@@ -336,6 +340,8 @@ def _measured_phase(run: Run) -> Phase:
     """Every rank starts at one barrier and serves until its share, the deadline or a stop."""
     cfg, comm, engine = run.cfg, run.comm, run.engine
     comm.quiet_barrier()
+    if run.devices is not None:
+        run.devices.start()
     start, wall_start = time.perf_counter_ns(), time.time_ns()
     engine.start_phase(start)
     deadline = start + int(cfg.run.duration_s * 1e9) if cfg.run.duration_s else None
@@ -364,8 +370,11 @@ def _reduce(run: Run, phase: Phase) -> Collected | None:
     """Every rank's figures to rank 0 (None elsewhere)."""
     comm, engine = run.comm, run.engine
     comm.quiet_barrier()
+    if run.devices is not None:   # every rank's I/O of the window is done
+        run.devices.stop()
     group_latency(run.group, engine.recorder.log, engine.metrics)
     env = describe(run.ctx, comm.library, [t.info() for t in run.tiers])
+    env["device_io"] = run.devices.result() if run.devices is not None else None
     data = collect(comm, engine.metrics, phase.elapsed_ns, env, phase.error)
     phase.wall_ns = (comm.allreduce(phase.wall_ns[0], "min"), comm.allreduce(phase.wall_ns[1], "max"))
     return data
@@ -401,8 +410,7 @@ def _report(run: Run, data: Collected | None, phase: Phase) -> int:
     if comm.rank != 0:
         return comm.bcast(None)
     try:
-        if not _write(run, data, phase):
-            status = status or FAILED
+        status = status or _write(run, data, phase)
     except BaseException as err:   # noqa: BLE001 - the others wait for the status below
         print(f"error: rank 0: {type(err).__name__}: {err}", file=sys.stderr)
         status = status or FAILED
@@ -423,13 +431,14 @@ def facts(run: Run) -> RunFacts:
         workload=cfg.workload_kind, workload_info=run.workload.info(), payload_mode=cfg.io.payload,
         tiers=[t.level for t in run.tiers], calibration=list(run.calibration or []),
         prefill_groups=cfg.engine.prefill_groups, stonewall=cfg.run.stonewall,
-        qos_metric=cfg.qos.metric, qos_targets_ms=cfg.qos.targets_ms)
+        qos_metric=cfg.qos.metric, qos_targets_ms=cfg.qos.targets_ms, verify=cfg.io.verify)
 
 
-def _write(run: Run, data: Collected, phase: Phase) -> bool:
+def _write(run: Run, data: Collected, phase: Phase) -> int:
     """Rank 0: the console table first (the numbers survive whatever happens next), then
-    result.h5 and summary.json, in a fallback folder when the results folder fails; False
-    when the result could not be written where it was asked."""
+    result.h5 and summary.json, in a fallback folder when the results folder fails. The
+    status this adds: FAILED when the result is not where it was asked, VERIFY_FAILED when
+    the storage returned wrong data."""
     run_facts = facts(run)
     summary = summarize(data, run_facts)
     print(render(summary), flush=True)
@@ -458,7 +467,10 @@ def _write(run: Run, data: Collected, phase: Phase) -> bool:
               " that is left", file=sys.stderr)
     for error in data.errors[:1]:
         print(f"error: {error}", file=sys.stderr)
-    return written
+    if summary["verify"]["verdict"] == "fail":
+        print(f"error: verify: {verify_failure(summary['verify'])}", file=sys.stderr)
+        return VERIFY_FAILED
+    return OK if written else FAILED
 
 
 def fallback_dirs(run_id: str) -> list[str]:
@@ -466,3 +478,27 @@ def fallback_dirs(run_id: str) -> list[str]:
     temporary folder (a different file system, most often)."""
     leaf = f"mpi_kvbench-{run_id}"
     return [os.path.join(os.path.expanduser("~"), leaf), os.path.join(tempfile.gettempdir(), leaf)]
+
+
+def _say_capped(run: Run) -> None:
+    """One line on rank 0 per tier that got less than asked beyond rounding down to whole
+    objects (free space, the TP group's smallest), on the rank that got least."""
+    obj = run.cfg.geometry.object_bytes
+    for tier in run.tiers:
+        got = run.comm.allgather((tier.slots, tier.capped))
+        slots, why = min(got, key=lambda g: g[0])
+        if run.comm.rank == 0 and (slots + 1) * obj <= tier.requested_bytes:
+            print(f"warning: tiers.{tier.level}: {tier.requested_bytes / 1e9:g} GB per rank asked,"
+                  f" {slots * obj / 1e9:.3g} GB ({slots} objects) used"
+                  f" ({why or 'the smallest of its TP group'})", file=sys.stderr)
+
+
+def _device_window(run: Run) -> DeviceWindow | None:
+    """The first rank of each node watches the disks behind its node's storage tiers."""
+    mine = [(i["devices"], i["no_device"]) for i in (t.info() for t in run.tiers) if "devices" in i]
+    seen = [s for node, s in run.comm.allgather((run.ctx.node, mine)) if node == run.ctx.node]
+    found = [entry for s in seen for entry in s]
+    if run.ctx.local_rank != 0 or not found:
+        return None
+    devices = sorted({d for devs, _ in found for d in devs})
+    return DeviceWindow(devices, None if devices else found[0][1])

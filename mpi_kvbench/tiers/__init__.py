@@ -32,6 +32,11 @@ def open_tiers(specs: Sequence[Any], ctx: RankContext, object_bytes: int, *, one
             else:
                 tier.open(ctx)
             tiers.append(tier)
+            if tier.slots == 0 and spec.capacity_bytes > 0:   # asked for, but holds nothing
+                raise ConfigError(
+                    f"tiers.{spec.level}.capacity_gb={spec.capacity_bytes / 1e9:g} holds no object"
+                    f" ({object_bytes / 1e9:g} GB each); give it at least one object's size, or 0"
+                    " to turn the tier off")
     except BaseException as exc:
         for tier in tiers:
             tier.close()
