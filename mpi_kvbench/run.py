@@ -410,7 +410,8 @@ def _report(run: Run, data: Collected | None, phase: Phase) -> int:
     if comm.rank != 0:
         return comm.bcast(None)
     try:
-        status = status or _write(run, data, phase)
+        wrote = _write(run, data, phase)   # always: a failed run keeps its partial result
+        status = status or wrote
     except BaseException as err:   # noqa: BLE001 - the others wait for the status below
         print(f"error: rank 0: {type(err).__name__}: {err}", file=sys.stderr)
         status = status or FAILED
