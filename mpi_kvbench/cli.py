@@ -39,6 +39,7 @@ RUN_FLAGS = {
     "request_rate": "workload.request_rate",
     "precondition": "run.precondition",
     "prefill_groups": "engine.prefill_groups",
+    "io_trace_log": "run.io_trace_log",
 }
 
 
@@ -88,6 +89,10 @@ def build_parser() -> Parser:
                      help="fill this share of the storage tier before measuring (default 0.9)")
     run.add_argument("--prefill-groups", type=int, metavar="K",
                      help="disaggregated serving: K TP groups prefill, the others decode")
+    run.add_argument("--io-trace-log", metavar="PATH",
+                     help="CSV of every measured operation, per rank ({rank}; .zst compresses)")
+    run.add_argument("--trace-only", action="store_true",
+                     help="trace mode: every tier kind null, no device I/O (with --io-trace-log)")
     run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="any config key; repeatable")
 
@@ -117,6 +122,8 @@ def overrides(args: argparse.Namespace) -> list[dict]:
                 value = {leaf: value}
                 leaf = section
             out.append({leaf: value})
+    if getattr(args, "trace_only", False):   # trace mode: the same plans, no device I/O
+        out.append({"tiers": {level: {"kind": "null"} for level in ("hbm", "dram", "storage")}})
     return out + [parse_set(item) for item in args.set]
 
 

@@ -27,6 +27,7 @@ from mpi_kvbench.distribute import replica_requests
 from mpi_kvbench.engine import Engine, EngineSettings, StopReason, disagg
 from mpi_kvbench.environment import describe
 from mpi_kvbench.errors import ConfigError, RunFailed
+from mpi_kvbench.iotrace import IoTraceLog, rank_path
 from mpi_kvbench.mpi.comm import Comm, topology, world
 from mpi_kvbench.mpi.reduce import collect, group_latency
 from mpi_kvbench.progress import Progress
@@ -88,6 +89,7 @@ class Run:
     workload: Any = None
     requests: Iterator[Request] = iter(())
     calibration: list | None = None
+    trace: IoTraceLog | None = None     # the I/O trace log (--io-trace-log)
 
     @property
     def decode(self) -> bool:
@@ -164,13 +166,27 @@ def _set_up(run: Run) -> None:
             if disagg.is_prefill(ctx, k):
                 run.handoff = disagg.Handoff(comm, ctx, k)
                 write_level = [t.level for t in run.tiers].index("storage")
+        run.trace = open_trace(run)
         run.engine = Engine(engine_settings(cfg), run.tiers, policy_factory(cfg),
-                            write_level=write_level, sources=run.sources, on_prefilled=run.handoff)
+                            write_level=write_level, sources=run.sources, on_prefilled=run.handoff,
+                            trace=run.trace)
         run.requests = replica_requests(run.workload, ctx, comm, k or None, cfg.kv.chunk_tokens)
     except Exception as err:   # noqa: BLE001
         exc = err
     agree(comm, exc)
     run.calibration = comm.gather(run.calibration)
+
+
+def open_trace(run: Run) -> IoTraceLog | None:
+    """This rank's I/O trace log (``run.io_trace_log``), with what replay needs beside it."""
+    cfg, ctx = run.cfg, run.ctx
+    if not cfg.run.io_trace_log:
+        return None
+    path = rank_path(cfg.run.io_trace_log, ctx.rank, ctx.expand)
+    meta = {"config": cfg.text, "world_size": ctx.world_size, "tp_size": ctx.tp_size,
+            "run_id": ctx.run_id, "run_name": run.run_name, "io_depth": cfg.io.io_depth,
+            "levels": [t.level for t in run.tiers], "kinds": [t.name for t in run.tiers]}
+    return IoTraceLog(path, ctx.rank, ctx.group, cfg.geometry.object_bytes, meta)
 
 
 def _measure(run: Run) -> Phase:
@@ -207,6 +223,8 @@ def _measured_phase(run: Run) -> Phase:
     """Every rank starts at one barrier and serves until its share, the deadline or a stop."""
     cfg, comm, engine = run.cfg, run.comm, run.engine
     comm.quiet_barrier()
+    if run.trace is not None:
+        run.trace.start()
     start, wall_start = time.perf_counter_ns(), time.time_ns()
     engine.start_phase(start)
     deadline = start + int(cfg.run.duration_s * 1e9) if cfg.run.duration_s else None
@@ -223,6 +241,8 @@ def _measured_phase(run: Run) -> Phase:
     if why is StopReason.SHARE and cfg.run.stonewall:
         comm.notify_stop("stonewall")
     engine.end_phase()
+    if run.trace is not None:
+        run.trace.close()
     engine.recorder.count("stopped_by_stonewall",
                           int(why is StopReason.STOPPED and comm.stop_requested() == "stonewall"))
     return Phase(elapsed, (wall_start, time.time_ns()))
@@ -251,6 +271,11 @@ def _close(run: Run) -> None:
     """Idempotent: also the clean-up after a failed set-up."""
     if run.engine is not None:
         run.engine.close()
+    if run.trace is not None:
+        try:
+            run.trace.close()
+        except Exception:   # noqa: BLE001 - a failed run is being closed; its error comes first
+            pass
     for tier in (*run.sources, *run.tiers):
         tier.close()
 

@@ -13,11 +13,15 @@ import time
 from collections.abc import Sequence
 
 from mpi_kvbench.engine.iopool import MOVE, READ, WRITE, Done, Op
+from mpi_kvbench.iotrace import STAGES, IoTraceLog
 from mpi_kvbench.metrics import Metrics
 from mpi_kvbench.results import names
 from mpi_kvbench.results.collected import RequestLog
 from mpi_kvbench.workloads.base import Request
 from mpi_kvbench.workloads.qos import QOS_CLASSES
+
+_STAGE_CODE = {name: i for i, name in enumerate(STAGES)}
+_QOS_CODE = {name: i for i, name in enumerate(QOS_CLASSES)}
 
 
 def busy_ns(intervals: list[tuple[int, int]]) -> int:
@@ -36,11 +40,13 @@ class Recorder:
 
     ``tiers`` names the I/O pool's tiers by index (the rank's own levels, then any
     other rank's files it reads), so an operation's tier index names its figures.
+    ``trace``: the I/O trace log, which gets a row per operation while it is recording.
     """
 
     def __init__(self, tiers: Sequence[str], chunk_tokens: int, objects_per_chunk: int,
-                 verify: bool, start_ns: int) -> None:
+                 verify: bool, start_ns: int, trace: IoTraceLog | None = None) -> None:
         self.tiers = list(tiers)
+        self.trace = trace
         self.chunk_tokens = chunk_tokens
         self.objects_per_chunk = objects_per_chunk
         self.verify = verify
@@ -115,10 +121,13 @@ class Recorder:
     def left_to_writer(self, level: int) -> None:
         self.metrics.add(names.tier_counter(self.tiers[level], "writes_left_to_writer"))
 
-    def stage(self, ops: Sequence[Op], results: Sequence[Done], phase: str) -> None:
+    def stage(self, ops: Sequence[Op], results: Sequence[Done], phase: str,
+              req: Request | None = None) -> None:
         """Every figure of one stage of timed operations; its I/O intervals count toward
-        each tier's busy time (see ``settle_busy``)."""
+        each tier's busy time (see ``settle_busy``). ``req``: the request they served."""
         m, tiers = self.metrics, self.tiers
+        if self.trace is not None and self.trace.recording:
+            self._trace(ops, results, phase, req)
         span = self._spans
         for op, d in zip(ops, results, strict=True):
             t = self.second(d.end)
@@ -137,6 +146,20 @@ class Recorder:
                 m.record(names.move(family, tiers[op.src]), d.end - d.start)
                 m.add(f"{family}s")
                 m.add(f"{family}_bytes", d.write_bytes)
+
+    def _trace(self, ops: Sequence[Op], results: Sequence[Done], phase: str,
+               req: Request | None) -> None:
+        """A trace row per tier call: a move is a read and a write (the reference's Evict pair)."""
+        add, tiers = self.trace.add, self.tiers
+        stage = _STAGE_CODE[phase]
+        index, qos = (-1, -1) if req is None else (req.index, _QOS_CODE[req.qos])
+        for op, d in zip(ops, results, strict=True):
+            if op.kind != WRITE:
+                add((d.start, 0, d.read_bytes, tiers[op.src], op.key, stage, index, qos,
+                     op.src_slot, d.read_ns))
+            if op.kind != READ:
+                add((d.end - d.write_ns, 1, d.write_bytes, tiers[op.dst], op.key, stage, index, qos,
+                     op.dst_slot, d.write_ns))
 
     def unsettled(self) -> int:
         return sum(len(v) for v in self._spans.values())

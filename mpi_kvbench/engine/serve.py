@@ -47,6 +47,7 @@ from mpi_kvbench.engine.iopool import MOVE, READ, WRITE, Done, IOPool, Op
 from mpi_kvbench.engine.payload import PayloadSource
 from mpi_kvbench.engine.record import Recorder
 from mpi_kvbench.eviction.base import EvictionPolicy
+from mpi_kvbench.iotrace import IoTraceLog
 from mpi_kvbench.layout import Geometry, chunk_keys
 from mpi_kvbench.metrics import Metrics
 from mpi_kvbench.results import names
@@ -135,12 +136,14 @@ class Engine:
     ``write_level``: where new chunks land (a prefill-only group writes to storage).
     ``sources``: read-only tiers of other ranks (decode side of disaggregated serving),
     read after this rank's own. ``on_prefilled``: makes this a prefill-only server that
-    hands every request on after its prefill.
+    hands every request on after its prefill. ``trace``: the I/O trace log the recorder
+    writes a row per operation to (while the log records).
     """
 
     def __init__(self, s: EngineSettings, tiers: Sequence[Tier],
                  policy: Callable[[], EvictionPolicy], *, write_level: int = 0,
-                 sources: Sequence[Tier] = (), on_prefilled: OnPrefilled | None = None) -> None:
+                 sources: Sequence[Tier] = (), on_prefilled: OnPrefilled | None = None,
+                 trace: IoTraceLog | None = None) -> None:
         self.s = s
         self.tiers = list(tiers)
         self.names = [t.level for t in self.tiers]
@@ -152,7 +155,7 @@ class Engine:
         self.pool = IOPool([*self.tiers, *sources], obj, s.io_depth, self.payload, s.verify)
         self.recorder = Recorder([*self.names, *(t.level for t in sources)],
                                  s.geometry.chunk_tokens, s.geometry.objects_per_chunk, s.verify,
-                                 time.perf_counter_ns())
+                                 time.perf_counter_ns(), trace=trace)
         self.write_level = write_level
         self.on_prefilled = on_prefilled
         self._readers = {i for i, t in enumerate(self.tiers) if t.share == "reader"}
@@ -541,7 +544,7 @@ class Engine:
             ops, results = [o for o, _ in flight.results], [d for _, d in flight.results]
             if stage.in_prefill:
                 flight.prefill_io_ns += max(d.end for d in results) - flight.stage_start
-            self.recorder.stage(ops, results, stage.phase)
+            self.recorder.stage(ops, results, stage.phase, flight.req)
             flight.stage = None
             self._advance(flight)
             if self.recorder.unsettled() > SETTLE_SPANS:
