@@ -107,6 +107,24 @@ def build_parser() -> Parser:
     cal.add_argument("--size-gb", type=float, default=1.0, help="bytes to write, then read")
     cal.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     cal.add_argument("--json", action="store_true", help="print JSON")
+
+    rep = sub.add_parser("replay", help="replay recorded --io-trace-log files (one rank per log)")
+    rep.add_argument("logs", nargs="+", metavar="LOG", help="the run's logs, one per rank")
+    rep.add_argument("--cache-dir", required=True, metavar="PATH_TEMPLATE",
+                     help="storage tier path; {rank} {local_rank} {node} {host} {group} {run_id}")
+    rep.add_argument("--timing", choices=("asap", "recorded"), default="asap",
+                     help="as fast as possible (default) or at the recorded times")
+    rep.add_argument("--io-depth", type=int, metavar="N", help="concurrent I/O per rank (default: recorded)")
+    rep.add_argument("--results-dir", metavar="DIR")
+    rep.add_argument("--run-name", metavar="NAME")
+    rep.add_argument("--io-trace-log", metavar="PATH", help="record the replay's own log")
+    rep.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+
+    fio = sub.add_parser("export-fio", help="fio iolog files and job file of logs' storage I/O")
+    fio.add_argument("logs", nargs="+", metavar="LOG", help="--io-trace-log files, one per rank")
+    fio.add_argument("--out", required=True, metavar="DIR", help="where job.fio and the iologs go")
+    fio.add_argument("--target", metavar="DIR", help="where fio's data files go (default DIR/data)")
+    fio.add_argument("--ioengine", default="libaio", help="fio ioengine (default libaio)")
     return p
 
 
@@ -192,12 +210,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         plain = not argv or argv[0] not in ("run", "models", "calibrate", "-h", "--help",
-                                            "--version")
+                                            "--version", "replay", "export-fio")
         args = parser.parse_args(["run", *argv] if plain else argv)   # run is the default
         if args.command == "models":
             return cmd_models(args)
         if args.command == "calibrate":
             return cmd_calibrate(args)
+        if args.command == "replay":
+            from mpi_kvbench.replay import cmd_replay
+            return cmd_replay(args, argv)
+        if args.command == "export-fio":
+            from mpi_kvbench.fio_export import cmd_export_fio
+            return cmd_export_fio(args)
         return cmd_run(args, argv)
     except ConfigError as err:
         if launch_rank() == 0:

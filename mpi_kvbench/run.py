@@ -171,6 +171,8 @@ def _set_up(run: Run) -> None:
                             write_level=write_level, sources=run.sources, on_prefilled=run.handoff,
                             trace=run.trace)
         run.requests = replica_requests(run.workload, ctx, comm, k or None, cfg.kv.chunk_tokens)
+        if cfg.workload_kind == "replay":   # rank r carries out recorded log r
+            run.engine.load_log(run.workload.load(comm.rank, comm.size))
     except Exception as err:   # noqa: BLE001
         exc = err
     agree(comm, exc)
@@ -197,6 +199,8 @@ def _measure(run: Run) -> Phase:
     try:
         if run.cfg.run.precondition > 0:
             run.engine.precondition(run.cfg.run.precondition)
+        if run.cfg.workload_kind == "replay":
+            run.engine.prime()
         _warm_up(run)
         start = time.perf_counter_ns()
         phase = _measured_phase(run)
@@ -231,6 +235,8 @@ def _measured_phase(run: Run) -> Phase:
     progress = Progress(comm.rank == 0, start, cfg.run.duration_s)
     if run.decode:
         why = disagg.decode_loop(engine, comm, cfg.engine.prefill_groups)
+    elif cfg.workload_kind == "replay":
+        why = engine.replay_log(cfg.workload.timing == "recorded", comm.stop_requested, progress)
     else:
         why = engine.replay(run.requests, deadline, cfg.run.max_requests,
                             stop=comm.stop_requested, progress=progress)

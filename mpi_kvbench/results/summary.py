@@ -119,7 +119,7 @@ def o_direct(data: Collected) -> bool | None:
 
 
 def hbm_emulated(data: Collected) -> bool | None:
-    hbm = _tier_facts(data, "hbm")
+    hbm = [t for t in _tier_facts(data, "hbm") if "emulated" in t]   # a null tier says nothing
     return any(t["emulated"] for t in hbm) if hbm else None
 
 
