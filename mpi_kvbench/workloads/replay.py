@@ -60,5 +60,5 @@ class ReplayWorkload(Workload):
         return self.rows
 
     def info(self) -> dict[str, Any]:
-        return {"logs": [self.params.logs[k] for k in sorted(self.params.logs)], "timing": self.params.timing, "log": self.log,
-                "operations": len(self.rows)}
+        logs = [self.params.logs[k] for k in sorted(self.params.logs)]
+        return {"logs": logs, "timing": self.params.timing, "log": self.log, "operations": len(self.rows)}
