@@ -17,6 +17,7 @@ import yaml
 from mpi_kvbench import config as cfgmod
 from mpi_kvbench.errors import ConfigError
 from mpi_kvbench.iotrace import meta_path, read_meta
+from mpi_kvbench.run import execute
 
 
 def replay_config(args: argparse.Namespace) -> cfgmod.Config:
@@ -41,6 +42,4 @@ def replay_config(args: argparse.Namespace) -> cfgmod.Config:
 
 
 def cmd_replay(args: argparse.Namespace, argv: list[str]) -> int:
-    from mpi_kvbench.run import execute
-
     return execute(replay_config(args), shlex.join(["python", "-m", "mpi_kvbench", *argv]))
