@@ -21,6 +21,10 @@ from mpi_kvbench.run import execute
 
 
 def replay_config(args: argparse.Namespace) -> cfgmod.Config:
+    """The recorded run's configuration, made a replay of ``args.logs`` at ``--cache-dir``."""
+    for log in args.logs:
+        if not os.path.isfile(log):
+            raise ConfigError(f"replay {log}: no such file; give the --io-trace-log files of a run")
     meta = read_meta(args.logs[0])
     if not meta.get("config"):
         raise ConfigError(f"{args.logs[0]}: {meta_path(args.logs[0])} (the recorded configuration)"
