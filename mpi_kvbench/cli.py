@@ -1,4 +1,4 @@
-"""Command line: ``run`` (the default), ``models``, ``calibrate``.
+"""Command line: ``run`` (the default), ``models``, ``calibrate``, ``suite``, ``datasize``.
 
 Flags override the config file, which overrides the packaged defaults. Any mistake is
 one line on stderr, ``error: ...``, and exit status 2, printed once (by rank 0 under MPI).
@@ -102,6 +102,32 @@ def build_parser() -> Parser:
     cal.add_argument("--size-gb", type=float, default=1.0, help="bytes to write, then read")
     cal.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     cal.add_argument("--json", action="store_true", help="print JSON")
+
+    st = sub.add_parser("suite", help="several runs and their trials in one MPI job (suite.json)")
+    st.add_argument("suite_file", nargs="?", help="YAML suite: runs with overrides, trials, pauses")
+    st.add_argument("--mlperf", choices=("closed", "open"),
+                    help="the three MLPerf KV-cache options x 3 trials, under the rules")
+    st.add_argument("--trials", type=int, metavar="N", help="trials per run (MLPerf: 3)")
+    st.add_argument("--pause", type=float, metavar="SECONDS", help="between runs")
+    st.add_argument("--cv-threshold", type=float, metavar="SHARE",
+                    help="flag a trial set whose throughput CV is above this (default 0.05)")
+    st.add_argument("--suite-name", metavar="NAME", help="folder under --results-dir")
+    st.add_argument("--configs-dir", metavar="DIR", help="where mlperf-option{1,2,3}.yaml are")
+    for action in run._actions:   # every run flag, applied to every run of the suite
+        if action.dest not in ("help", "config"):
+            st._add_action(action)
+
+    ds = sub.add_parser("datasize", help="KV bytes per token, request and session; tier sizes")
+    ds.add_argument("--model", default=None, help="model key (default: the config's)")
+    ds.add_argument("--tensor-parallel", type=int, default=1, metavar="T")
+    ds.add_argument("--users", type=int, default=1, metavar="N", help="concurrent user sessions")
+    ds.add_argument("--ranks", type=int, metavar="N", help="ranks the users spread over (default TP)")
+    ds.add_argument("--context-tokens", type=int, metavar="N",
+                    help="tokens of one request's context (default: the workload's mean)")
+    ds.add_argument("--turns", type=int, metavar="N", help="turns per session (default: workload's)")
+    ds.add_argument("--config", help="YAML file (models:, kv:, workload:)")
+    ds.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    ds.add_argument("--json", action="store_true", help="print JSON")
     return p
 
 
@@ -171,6 +197,30 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_suite(args: argparse.Namespace, argv: list[str]) -> int:
+    from mpi_kvbench.campaign import execute_suite
+    from mpi_kvbench.suite import Request
+
+    req = Request(suite_file=args.suite_file, mlperf=args.mlperf, overrides=overrides(args),
+                  trials=args.trials, pause_s=args.pause, cv_threshold=args.cv_threshold,
+                  name=args.suite_name, configs_dir=args.configs_dir)
+    return execute_suite(req, shlex.join(["python", "-m", "mpi_kvbench", *argv]))
+
+
+def cmd_datasize(args: argparse.Namespace) -> int:
+    from mpi_kvbench import config as cfgmod
+    from mpi_kvbench.datasize import datasize, render
+
+    over = [cfgmod.parse_set(i) for i in args.set]
+    if args.model:
+        over.append({"model": {"name": args.model}})
+    over.append({"kv": {"tensor_parallel": args.tensor_parallel}})
+    cfg = cfgmod.load(args.config, over)
+    sizes = datasize(cfg, args.users, args.context_tokens, args.turns, args.ranks)
+    print(json.dumps(sizes, indent=2) if args.json else render(sizes))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     from mpi_kvbench import config as cfgmod
     from mpi_kvbench.run import execute
@@ -185,12 +235,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         plain = not argv or argv[0] not in ("run", "models", "calibrate", "-h", "--help",
-                                            "--version")
+                                            "--version", "suite", "datasize")
         args = parser.parse_args(["run", *argv] if plain else argv)   # run is the default
         if args.command == "models":
             return cmd_models(args)
         if args.command == "calibrate":
             return cmd_calibrate(args)
+        if args.command == "suite":
+            return cmd_suite(args, argv)
+        if args.command == "datasize":
+            return cmd_datasize(args)
         return cmd_run(args, argv)
     except ConfigError as err:
         if launch_rank() == 0:
