@@ -29,6 +29,7 @@ SUITE_FILE = "suite.json"
 
 def execute_suite(req: suite.Request, command_line: str) -> int:
     """Plans the suite on every rank alike, runs it, and returns the exit status."""
+    suite.plan(req, "check")   # a mistake is one line before MPI starts
     comm = world()
     started = datetime.now(UTC)
     stamp = comm.bcast(f"{started:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}" if comm.rank == 0 else None)
