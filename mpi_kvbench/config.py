@@ -46,9 +46,11 @@ class RunSection:
     calibrate_gb: float
     precondition: float
     watchdog_s: float
+    precondition_device_fills: float
 
     def check(self) -> None:
-        non_negative(self, "run", ("duration_s", "max_requests", "warmup_s", "watchdog_s"))
+        non_negative(self, "run", ("duration_s", "max_requests", "warmup_s", "watchdog_s",
+                                   "precondition_device_fills"))
         positive(self, "run", ("calibrate_gb",))
         if not 0 <= self.precondition <= 1:
             raise ConfigError(f"run.precondition={self.precondition}: give a share of the storage"

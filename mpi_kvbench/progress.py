@@ -39,3 +39,28 @@ class Progress:
     def done(self) -> None:
         if self.enabled:
             self.stream.write("\n")
+
+
+class FillProgress:
+    """A bar for the device fill on rank 0's terminal: blocks done of all, GB, GB/s."""
+
+    def __init__(self, enabled: bool, block_bytes: int, *, stream: TextIO | None = None,
+                 clock: Callable[[], int] = time.perf_counter_ns, every_s: float = 0.5) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = enabled and self.stream.isatty()
+        self.block_bytes, self.clock, self.every_ns = block_bytes, clock, int(every_s * 1e9)
+        self.start_ns = self.last_ns = clock()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self.clock()
+        if not self.enabled or (now - self.last_ns < self.every_ns and done < total):
+            return
+        self.last_ns = now
+        gb = done * self.block_bytes / 1e9
+        rate = gb / ((now - self.start_ns) / 1e9) if now > self.start_ns else 0.0
+        bar = "#" * (30 * done // total)
+        self.stream.write(f"\r  precondition [{bar:30}] {100 * done // total:3d}%, rank 0:"
+                          f" {gb:.2f} of {total * self.block_bytes / 1e9:.2f} GB, {rate:.2f} GB/s  ")
+        if done == total:
+            self.stream.write("\n")
+        self.stream.flush()

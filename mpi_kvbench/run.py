@@ -28,6 +28,7 @@ from mpi_kvbench.config import Config
 from mpi_kvbench.context import RankContext
 from mpi_kvbench.distribute import replica_requests
 from mpi_kvbench.engine import Engine, EngineSettings, StopReason, disagg
+from mpi_kvbench.engine.fill import Filled, fill_device
 from mpi_kvbench.environment import describe
 from mpi_kvbench.errors import CONFIG, FAILED, OK, ConfigError, RunFailed
 from mpi_kvbench.interrupt import Interrupts
@@ -35,7 +36,7 @@ from mpi_kvbench.interrupt import name as signal_name
 from mpi_kvbench.interrupt import status as signal_status
 from mpi_kvbench.mpi.comm import Comm, topology, world
 from mpi_kvbench.mpi.reduce import collect, group_latency
-from mpi_kvbench.progress import Progress
+from mpi_kvbench.progress import FillProgress, Progress
 from mpi_kvbench.registry import POLICIES, WORKLOADS
 from mpi_kvbench.results.collected import Collected
 from mpi_kvbench.results.hdf5 import attributes, write_hdf5, write_summary
@@ -101,6 +102,7 @@ class Run:
     requests: Iterator[Request] = iter(())
     calibration: list | None = None
     signals: Interrupts = field(default_factory=Interrupts)
+    filled: Filled | None = None          # this rank's device fill (run.precondition_device_fills)
 
     @property
     def decode(self) -> bool:
@@ -266,6 +268,8 @@ def _measure(run: Run) -> Phase:
     phase = Phase()
     start = time.perf_counter_ns()
     try:
+        if run.cfg.run.precondition_device_fills > 0:
+            _fill_device(run)
         if run.cfg.run.precondition > 0:
             run.engine.precondition(run.cfg.run.precondition, stop=run.comm.stop_requested)
         _warm_up(run)
@@ -280,6 +284,21 @@ def _measure(run: Run) -> Phase:
         phase.error = f"rank {run.comm.rank}: stopped by {signal_name(run.signals.received)}"
         phase.interrupted = True
     return phase
+
+
+def _fill_device(run: Run) -> None:
+    """Every rank at once writes its storage tier's space ``precondition_device_fills``
+    times over, sequentially (``engine.fill``); rank 0 shows a bar."""
+    storage = [t for t in run.tiers if t.level == "storage"]
+    if not storage:
+        return
+    tier, fills = storage[0], run.cfg.run.precondition_device_fills
+    run.comm.barrier()
+    if run.comm.rank == 0:
+        print(f"precondition: writing {fills:g} x {tier.slots * tier.object_bytes / 1e9:.3f} GB"
+              f" per rank sequentially, {run.comm.size} ranks", flush=True)
+    run.filled = fill_device(tier, fills, run.cfg.io.io_depth, stop=run.comm.stop_requested,
+                             progress=FillProgress(run.comm.rank == 0, tier.object_bytes))
 
 
 def _warm_up(run: Run) -> None:
@@ -326,6 +345,7 @@ def _reduce(run: Run, phase: Phase) -> Collected | None:
     env = describe(run.ctx, comm.library, [t.info() for t in run.tiers])
     data = collect(comm, engine.metrics, phase.elapsed_ns, env, phase.error)
     phase.wall_ns = (comm.allreduce(phase.wall_ns[0], "min"), comm.allreduce(phase.wall_ns[1], "max"))
+    run.filled = comm.gather(run.filled)   # per rank, on rank 0
     return data
 
 
@@ -381,7 +401,22 @@ def facts(run: Run) -> RunFacts:
         workload=cfg.workload_kind, workload_info=run.workload.info(), payload_mode=cfg.io.payload,
         tiers=[t.level for t in run.tiers], calibration=list(run.calibration or []),
         prefill_groups=cfg.engine.prefill_groups, stonewall=cfg.run.stonewall,
-        qos_metric=cfg.qos.metric, qos_targets_ms=cfg.qos.targets_ms)
+        qos_metric=cfg.qos.metric, qos_targets_ms=cfg.qos.targets_ms,
+        device_fill=device_fill(cfg.run.precondition_device_fills, cfg.geometry.object_bytes,
+                                run.filled))
+
+
+def device_fill(fills: float, block_bytes: int, per_rank: list[Filled | None] | None) -> dict | None:
+    """The device fill over all ranks: their bytes over the slowest rank's time (they
+    started at one barrier); None when none was asked."""
+    done = [f for f in per_rank or [] if f is not None]
+    if not fills or not done:
+        return None
+    total, slowest = sum(f.bytes for f in done), max(f.elapsed_ns for f in done)
+    return {"fills": fills, "bytes": total, "blocks": sum(f.blocks for f in done),
+            "block_bytes": block_bytes, "seconds": round(slowest / 1e9, 4),
+            "gbps": round(total / slowest, 4) if slowest else None,
+            "bytes_per_rank": [f.bytes for f in done]}
 
 
 def _write(run: Run, data: Collected, phase: Phase) -> bool:
