@@ -16,7 +16,9 @@ import time
 import uuid
 from datetime import UTC, datetime
 
+from mpi_kvbench import config as cfgmod
 from mpi_kvbench import suite
+from mpi_kvbench.autoscale import Point, Search
 from mpi_kvbench.errors import OK, ConfigError, RunFailed
 from mpi_kvbench.interrupt import Interrupts
 from mpi_kvbench.interrupt import status as signal_status
@@ -102,3 +104,97 @@ def pause(comm: Comm, signals: Interrupts, seconds: float) -> int:
         time.sleep(min(0.1, max(0.0, end - time.monotonic())))
     signum = comm.allreduce(signals.received, "max")
     return signal_status(signum) if signum else OK
+
+
+AUTOSCALE_FILE = "autoscale.json"
+
+
+def execute_autoscale(req: suite.Request, key: str, search: Search, command_line: str) -> int:
+    """Measures the loads ``search`` asks for, one run each in this MPI job, with ``key``
+    set to the load; rank 0 decides the next load and tells the others."""
+    base = cfgmod.load(None, req.overrides)   # a mistake is one line before MPI starts
+    cfgmod.load(None, [*req.overrides, suite.nested({key: search.start}, key)])
+    comm = world()
+    started = datetime.now(UTC)
+    stamp = comm.bcast(f"{started:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}" if comm.rank == 0 else None)
+    name = req.name or f"autoscale-{search.mode}-{stamp}"
+    directory = os.path.join(base.run.results_dir, name)
+    path = os.path.join(directory, AUTOSCALE_FILE)
+    agree(comm, ConfigError(f"autoscale: {directory} already holds an {AUTOSCALE_FILE}; give another"
+                            " --suite-name") if comm.rank == 0 and os.path.exists(path) else None)
+    say = print if comm.rank == 0 else (lambda *a, **k: None)
+    status, step = OK, 0
+    with Interrupts() as signals:
+        while (load := comm.bcast(search.next_load() if comm.rank == 0 else None)) is not None:
+            step += 1
+            if step > 1 and req.pause_s:
+                status = pause(comm, signals, req.pause_s)
+                if status:
+                    break
+            label = f"{load:g}"
+            run_name = f"step{step:02d}-{key.rsplit('.', 1)[-1]}-{label}"
+            cfg = cfgmod.load(None, [*req.overrides, suite.nested({key: int(load) if search.integer
+                                                                   else load}, key),
+                                     {"run": {"results_dir": directory, "run_name": run_name}}])
+            say(f"\nautoscale ({search.mode}): step {step}, {key} = {label}", flush=True)
+            try:
+                status = execute(cfg, f"{command_line}  # {key}={label}")
+            except RunFailed as err:
+                status = err.status
+                say(f"error: {err}", file=sys.stderr, flush=True)
+            if status:
+                break
+            if comm.rank == 0:
+                search.record(point(load, os.path.join(directory, run_name)))
+                trials.write(path, autoscale_document(search, key, comm.size, started, command_line))
+    if comm.rank == 0:
+        doc = autoscale_document(search, key, comm.size, started, command_line)
+        os.makedirs(directory, exist_ok=True)
+        trials.write(path, doc)
+        found, (lo, hi) = doc["found"], doc["bracket"]
+        say(f"\nautoscale ({search.mode}): {key} = {found} (bracket [{lo}, {hi}]; {search.why})")
+        plot = plot_curve(doc, os.path.join(directory, "autoscale.png"))
+        say(f"  result: {path}" + (f", {plot}" if plot else ""), flush=True)
+    comm.barrier()
+    return status
+
+
+def point(load: float, run_dir: str) -> Point:
+    """One measured load, from its run's summary.json."""
+    summary = trials.read_summary(run_dir) or {}
+    per_class = {cls: {k: c.get("e2e_ms", {}).get(k) for k in ("p95", "p99")}
+                 for cls, c in summary.get("qos", {}).items()}
+    figures = {**trials.figures(summary), "per_class_e2e_ms": per_class, "run_dir": run_dir}
+    return Point(load, summary.get("storage_health", {}).get("verdict", "NO DATA"),
+                 figures["storage_throughput_tokens_per_s"] or 0.0, figures)
+
+
+def autoscale_document(search: Search, key: str, world_size: int, started: datetime,
+                       command_line: str) -> dict:
+    return {"key": key, **search.result(), "world_size": world_size, "command_line": command_line,
+            "started": started.isoformat(), "finished": datetime.now(UTC).isoformat()}
+
+
+def plot_curve(doc: dict, out: str) -> str | None:
+    """load -> storage tokens/s, with the passing points marked; None without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    curve = doc["curve"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([c["load"] for c in curve], [c["throughput"] for c in curve], "-", color="grey")
+    for ok, marker in ((True, "o"), (False, "x")):
+        pts = [c for c in curve if c["passes"] is ok]
+        ax.plot([c["load"] for c in pts], [c["throughput"] for c in pts], marker, linestyle="",
+                label="passes" if ok else "does not pass")
+    if doc["found"] is not None:
+        ax.axvline(doc["found"], linestyle="--", label=f"found {doc['found']:g}")
+    ax.set_xlabel(doc["key"])
+    ax.set_ylabel("storage tokens/s")
+    ax.legend()
+    fig.savefig(out, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return out

@@ -1,4 +1,5 @@
-"""Command line: ``run`` (the default), ``models``, ``calibrate``, ``suite``, ``datasize``.
+"""Command line: ``run`` (the default), ``models``, ``calibrate``, ``suite``, ``sweep``,
+``autoscale``, ``datasize``.
 
 Flags override the config file, which overrides the packaged defaults. Any mistake is
 one line on stderr, ``error: ...``, and exit status 2, printed once (by rank 0 under MPI).
@@ -113,9 +114,29 @@ def build_parser() -> Parser:
                     help="flag a trial set whose throughput CV is above this (default 0.05)")
     st.add_argument("--suite-name", metavar="NAME", help="folder under --results-dir")
     st.add_argument("--configs-dir", metavar="DIR", help="where mlperf-option{1,2,3}.yaml are")
-    for action in run._actions:   # every run flag, applied to every run of the suite
-        if action.dest not in ("help", "config"):
-            st._add_action(action)
+
+    sw = sub.add_parser("sweep", help="one run per value of a config key, in one MPI job")
+    sw.add_argument("--key", required=True, metavar="SECTION.KEY", help="e.g. workload.users")
+    sw.add_argument("--values", required=True, metavar="V1,V2,...", help="comma-separated values")
+
+    au = sub.add_parser("autoscale", help="the largest load that passes (qos) or the throughput knee")
+    au.add_argument("--mode", choices=("qos", "capacity"), default="qos")
+    au.add_argument("--key", default="workload.users", metavar="SECTION.KEY",
+                    help="the load: workload.users (default), workload.request_rate, ...")
+    au.add_argument("--start", default="1", metavar="X", help="first load (whole: whole loads)")
+    au.add_argument("--limit", default="1024", metavar="X", help="largest load to try")
+    au.add_argument("--resolution", type=float, metavar="X",
+                    help="stop when the bracket is this narrow (default 1, or start/8 for fractions)")
+    au.add_argument("--margin", type=float, default=0.05, metavar="SHARE",
+                    help="capacity: growth below this ends the climb; the plateau's tolerance")
+    for sp in (sw, au):
+        sp.add_argument("--trials", type=int, metavar="N", help=argparse.SUPPRESS)
+        sp.add_argument("--pause", type=float, metavar="SECONDS", help="between runs")
+        sp.add_argument("--suite-name", metavar="NAME", help="folder under --results-dir")
+    for sp in (st, sw, au):   # every run flag, applied to every run
+        for action in run._actions:
+            if action.dest not in ("help", "config"):
+                sp._add_action(action)
 
     ds = sub.add_parser("datasize", help="KV bytes per token, request and session; tier sizes")
     ds.add_argument("--model", default=None, help="model key (default: the config's)")
@@ -207,6 +228,36 @@ def cmd_suite(args: argparse.Namespace, argv: list[str]) -> int:
     return execute_suite(req, shlex.join(["python", "-m", "mpi_kvbench", *argv]))
 
 
+def cmd_sweep(args: argparse.Namespace, argv: list[str]) -> int:
+    import yaml
+
+    from mpi_kvbench.campaign import execute_suite
+    from mpi_kvbench.suite import Request
+
+    values = [yaml.safe_load(v) for v in args.values.split(",") if v.strip()]
+    req = Request(overrides=overrides(args), trials=args.trials, pause_s=args.pause,
+                  name=args.suite_name, sweep=(args.key, values))
+    return execute_suite(req, shlex.join(["python", "-m", "mpi_kvbench", *argv]))
+
+
+def cmd_autoscale(args: argparse.Namespace, argv: list[str]) -> int:
+    import yaml
+
+    from mpi_kvbench.autoscale import Search
+    from mpi_kvbench.campaign import execute_autoscale
+    from mpi_kvbench.suite import Request
+
+    start, limit = yaml.safe_load(args.start), yaml.safe_load(args.limit)
+    for flag, v in (("--start", start), ("--limit", limit)):
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ConfigError(f"{flag} {v!r}: give a number")
+    integer = isinstance(start, int) and isinstance(limit, int)
+    resolution = args.resolution or (1.0 if integer else start / 8)
+    search = Search(args.mode, float(start), float(limit), resolution, args.margin, integer)
+    req = Request(overrides=overrides(args), pause_s=args.pause, name=args.suite_name)
+    return execute_autoscale(req, args.key, search, shlex.join(["python", "-m", "mpi_kvbench", *argv]))
+
+
 def cmd_datasize(args: argparse.Namespace) -> int:
     from mpi_kvbench import config as cfgmod
     from mpi_kvbench.datasize import datasize, render
@@ -235,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         plain = not argv or argv[0] not in ("run", "models", "calibrate", "-h", "--help",
-                                            "--version", "suite", "datasize")
+                                            "--version", "suite", "datasize", "sweep",
+                                            "autoscale")
         args = parser.parse_args(["run", *argv] if plain else argv)   # run is the default
         if args.command == "models":
             return cmd_models(args)
@@ -245,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_suite(args, argv)
         if args.command == "datasize":
             return cmd_datasize(args)
+        if args.command == "sweep":
+            return cmd_sweep(args, argv)
+        if args.command == "autoscale":
+            return cmd_autoscale(args, argv)
         return cmd_run(args, argv)
     except ConfigError as err:
         if launch_rank() == 0:

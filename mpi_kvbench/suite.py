@@ -76,6 +76,7 @@ class Request:
     cv_threshold: float | None = None
     name: str | None = None
     configs_dir: str | None = None
+    sweep: tuple[str, list] | None = None   # (config key, values): one option per value
 
 
 @dataclass(frozen=True)
@@ -99,12 +100,14 @@ class Plan:
     cv_threshold: float
     options: dict[str, dict]  # per option: its config file, overrides and trials
     deviations: list[dict]    # from the MLPerf reference (closed/open), else []
+    sweep: dict | None = None  # {"key", "values"} of a sweep
 
     def info(self) -> dict[str, Any]:
         """The plan as suite.json records it."""
-        return {"suite": self.name, "mode": self.mode, "directory": self.directory,
-                "pause_s": self.pause_s, "cv_threshold": self.cv_threshold,
-                "options": self.options, "deviations": self.deviations}
+        out = {"suite": self.name, "mode": self.mode, "directory": self.directory,
+               "pause_s": self.pause_s, "cv_threshold": self.cv_threshold,
+               "options": self.options, "deviations": self.deviations}
+        return {**out, "sweep": self.sweep} if self.sweep else out
 
 
 def default_configs_dir() -> str:
@@ -172,7 +175,7 @@ def _place(cfg_path: str, overrides: list[dict], directory: str, run_name: str) 
 
 def plan(req: Request, stamp: str) -> Plan:
     """Every run's configuration, resolved; ``stamp`` names a suite that has no name."""
-    if (req.suite_file is None) == (req.mlperf is None):
+    if sum(x is not None for x in (req.suite_file, req.mlperf, req.sweep)) != 1:
         raise ConfigError("suite: give a suite file or --mlperf closed|open (one of them)")
     if req.trials is not None and req.trials < 1:
         raise ConfigError(f"--trials {req.trials}: give 1 or more")
@@ -185,6 +188,8 @@ def plan(req: Request, stamp: str) -> Plan:
     base = cfgmod.load(None, req.overrides)   # the command line alone: results_dir, and its errors
     if req.mlperf is not None:
         return _plan_mlperf(req, stamp, base.run.results_dir)
+    if req.sweep is not None:
+        return _plan_sweep(req, stamp, base.run.results_dir)
     return _plan_file(req, stamp, base.run.results_dir)
 
 
@@ -254,3 +259,28 @@ def _plan_mlperf(req: Request, stamp: str, results_dir: str) -> Plan:
             " --mlperf open, which records it")
     pause = MLPERF_PAUSE_S if req.pause_s is None else req.pause_s
     return Plan(name, mode, directory, runs, pause, req.cv_threshold or CV_THRESHOLD, options, found)
+
+
+def _plan_sweep(req: Request, stamp: str, results_dir: str) -> Plan:
+    """One option per value of one config key, in the order given."""
+    key, values = req.sweep
+    if "." not in key:
+        raise ConfigError(f"--key {key!r}: give a config key as section.name, e.g. workload.users")
+    if not values:
+        raise ConfigError("--values: give one or more values, comma-separated")
+    leaf = key.rsplit(".", 1)[-1]
+    name = req.name or f"sweep-{leaf}-{stamp}"
+    directory = os.path.join(results_dir, name)
+    trials = req.trials or 1
+    options: dict[str, dict] = {}
+    runs: list[PlannedRun] = []
+    for value in values:
+        option = f"{leaf}-{value}"
+        if option in options:
+            raise ConfigError(f"--values: {value!r} is given twice; give each value once")
+        over = [*req.overrides, nested({key: value}, key)]
+        runs += [PlannedRun(option, t, _place("", over, directory, f"{option}-trial{t}"))
+                 for t in range(1, trials + 1)]
+        options[option] = {"config": "", "set": {key: value}, "trials": trials}
+    return Plan(name, "sweep", directory, runs, req.pause_s or 0.0,
+                req.cv_threshold or CV_THRESHOLD, options, [], {"key": key, "values": values})

@@ -106,7 +106,9 @@ def build(plan: dict[str, Any], records: list[dict[str, Any]], world_size: int,
         })
     options = {name: option_result(trials, plan["cv_threshold"]) for name, trials in by_option.items()}
     planned = sum(o["trials"] for o in plan["options"].values())
+    extra = {"curve": curve(plan["sweep"], options)} if plan.get("sweep") else {}
     return {
+        **extra,
         "schema_version": SCHEMA_VERSION,
         "tool_version": __version__,
         **plan,
@@ -121,6 +123,16 @@ def build(plan: dict[str, Any], records: list[dict[str, Any]], world_size: int,
             t["complete"] for o in options.values() for t in o["trials"]),
         "rules": rules(plan, options, planned, len(records)),
     }
+
+
+def curve(sweep: dict[str, Any], options: dict[str, Any]) -> list[dict[str, Any]]:
+    """A sweep's curve: per value, the mean of each headline figure over its trials and
+    every trial's storage-health verdict."""
+    out = []
+    for value, o in zip(sweep["values"], options.values(), strict=True):
+        out.append({"value": value, **{k: a["mean"] for k, a in o["aggregate"].items()},
+                    "verdicts": [t["storage_health"] for t in o["trials"]]})
+    return out
 
 
 def rules(plan: dict[str, Any], options: dict[str, Any], planned: int, done: int) -> dict[str, Any]:
