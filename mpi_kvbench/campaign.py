@@ -68,7 +68,13 @@ def execute_suite(req: suite.Request, command_line: str) -> int:
         doc = _document(plan, records, comm, started, command_line)
         trials.write(path, doc)
         print("\n" + trials.render(doc), flush=True)
-        print(f"\n  suite: {path}", flush=True)
+        plot = None
+        if plan.sweep and doc["curve"]:
+            c = doc["curve"]
+            plot = plot_curve([x["value"] for x in c], [x["storage_throughput_tokens_per_s"] for x in c],
+                              [None] * len(c), None, plan.sweep["key"],
+                              os.path.join(plan.directory, "sweep.png"))
+        print(f"\n  suite: {path}" + (f", {plot}" if plot else ""), flush=True)
     comm.barrier()
     return status
 
@@ -153,7 +159,9 @@ def execute_autoscale(req: suite.Request, key: str, search: Search, command_line
         trials.write(path, doc)
         found, (lo, hi) = doc["found"], doc["bracket"]
         say(f"\nautoscale ({search.mode}): {key} = {found} (bracket [{lo}, {hi}]; {search.why})")
-        plot = plot_curve(doc, os.path.join(directory, "autoscale.png"))
+        c = doc["curve"]
+        plot = plot_curve([x["load"] for x in c], [x["throughput"] for x in c],
+                          [x["passes"] for x in c], found, key, os.path.join(directory, "autoscale.png"))
         say(f"  result: {path}" + (f", {plot}" if plot else ""), flush=True)
     comm.barrier()
     return status
@@ -175,26 +183,31 @@ def autoscale_document(search: Search, key: str, world_size: int, started: datet
             "started": started.isoformat(), "finished": datetime.now(UTC).isoformat()}
 
 
-def plot_curve(doc: dict, out: str) -> str | None:
-    """load -> storage tokens/s, with the passing points marked; None without matplotlib."""
+def plot_curve(loads: list, tokens: list, passes: list, found: float | None, key: str,
+               out: str) -> str | None:
+    """load -> storage tokens/s, passing points marked (None: not judged); None without
+    matplotlib or without a numeric load."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    curve = doc["curve"]
+    if not all(isinstance(x, int | float) for x in loads):
+        return None
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([c["load"] for c in curve], [c["throughput"] for c in curve], "-", color="grey")
-    for ok, marker in ((True, "o"), (False, "x")):
-        pts = [c for c in curve if c["passes"] is ok]
-        ax.plot([c["load"] for c in pts], [c["throughput"] for c in pts], marker, linestyle="",
-                label="passes" if ok else "does not pass")
-    if doc["found"] is not None:
-        ax.axvline(doc["found"], linestyle="--", label=f"found {doc['found']:g}")
-    ax.set_xlabel(doc["key"])
+    ax.plot(loads, [t or 0.0 for t in tokens], "-", color="grey")
+    for ok, marker, label in ((True, "o", "passes"), (False, "x", "does not pass"),
+                              (None, ".", None)):
+        pts = [(x, t or 0.0) for x, t, p in zip(loads, tokens, passes, strict=True) if p is ok]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker, linestyle="", label=label)
+    if found is not None:
+        ax.axvline(found, linestyle="--", label=f"found {found:g}")
+    ax.set_xlabel(key)
     ax.set_ylabel("storage tokens/s")
-    ax.legend()
+    if any(p is not None for p in passes) or found is not None:
+        ax.legend()
     fig.savefig(out, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return out

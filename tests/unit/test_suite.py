@@ -191,3 +191,21 @@ def test_datasize_cli_prints_json(tmp_path: Path) -> None:
     s = json.loads(proc.stdout)
     # MLA: one latent of (512 + 64) x 2 bytes per layer, 61 layers, not split by TP
     assert s["bytes_per_token"] == s["bytes_per_token_per_rank"] == 61 * 576 * 2
+
+
+def test_a_sweep_plans_one_option_per_value_and_draws_its_curve(tmp_path: Path) -> None:
+    p = plan(Request(sweep=("workload.users", [2, 8]), trials=2,
+                     overrides=[{"run": {"results_dir": str(tmp_path), "max_requests": 1}}]), "t")
+    assert p.mode == "sweep" and p.sweep == {"key": "workload.users", "values": [2, 8]}
+    assert [(r.option, r.trial, r.cfg.workload.users) for r in p.runs] == [
+        ("users-2", 1, 2), ("users-2", 2, 2), ("users-8", 1, 8), ("users-8", 2, 8)]
+    recs = [{"option": r.option, "trial": r.trial, "exit_status": 0, "error": None,
+             "run_dir": fake_run(tmp_path, f"{r.option}-{r.trial}", g, 1.0)}
+            for r, g in zip(p.runs, (1.0, 3.0, 5.0, 7.0), strict=True)]
+    doc = trials.build(p.info(), recs, 2, "a", "b", "c")
+    assert [(c["value"], c["storage_throughput_gbps"], c["verdicts"]) for c in doc["curve"]] == [
+        (2, 2.0, ["PASS", "PASS"]), (8, 6.0, ["PASS", "PASS"])]
+    with pytest.raises(ConfigError, match="twice"):
+        plan(Request(sweep=("workload.users", [2, 2])), "t")
+    with pytest.raises(ConfigError, match="did you mean 'users'"):
+        plan(Request(sweep=("workload.user", [2])), "t")
