@@ -40,6 +40,7 @@ RUN_FLAGS = {
     "request_rate": "workload.request_rate",
     "precondition": "run.precondition",
     "prefill_groups": "engine.prefill_groups",
+    "validation_trace": "run.validation_trace",
 }
 
 
@@ -89,6 +90,8 @@ def build_parser() -> Parser:
                      help="fill this share of the storage tier before measuring (default 0.9)")
     run.add_argument("--prefill-groups", type=int, metavar="K",
                      help="disaggregated serving: K TP groups prefill, the others decode")
+    run.add_argument("--validation-trace", metavar="FILE",
+                     help="compare the hit ratio with a recorded one (docs/RESULTS.md)")
     run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="any config key; repeatable")
 

@@ -26,6 +26,7 @@ from mpi_kvbench.metrics import PERCENTILES
 from mpi_kvbench.models import MLA_MODES, ModelSpec, resolve
 from mpi_kvbench.params import build_dataclass, choice, non_negative, positive, unknown
 from mpi_kvbench.registry import POLICIES, TIERS, WORKLOADS
+from mpi_kvbench.results import validation
 
 TIER_LEVELS = ("hbm", "dram", "storage")
 PATH_FIELDS = {"{rank}", "{local_rank}", "{node}", "{host}", "{group}", "{run_id}"}
@@ -47,6 +48,8 @@ class RunSection:
     precondition: float
     watchdog_s: float
     precondition_device_fills: float
+    validation_trace: str
+    validation_tolerance: float
 
     def check(self) -> None:
         non_negative(self, "run", ("duration_s", "max_requests", "warmup_s", "watchdog_s",
@@ -61,6 +64,9 @@ class RunSection:
         if len(self.run_name.encode()) > MAX_RUN_NAME:
             raise ConfigError(f"run.run_name: {len(self.run_name.encode())} bytes is too long for a"
                               f" folder name; use at most {MAX_RUN_NAME}")
+        positive(self, "run", ("validation_tolerance",))
+        if self.validation_trace:
+            validation.read(self.validation_trace)   # a bad file fails before the run
         if "\0" in self.results_dir:
             raise ConfigError("run.results_dir: the path holds a NUL byte; give a plain path")
 

@@ -38,6 +38,7 @@ from mpi_kvbench.mpi.comm import Comm, topology, world
 from mpi_kvbench.mpi.reduce import collect, group_latency
 from mpi_kvbench.progress import FillProgress, Progress
 from mpi_kvbench.registry import POLICIES, WORKLOADS
+from mpi_kvbench.results import validation
 from mpi_kvbench.results.collected import Collected
 from mpi_kvbench.results.hdf5 import attributes, write_hdf5, write_summary
 from mpi_kvbench.results.summary import RunFacts, render, summarize
@@ -425,7 +426,8 @@ def _write(run: Run, data: Collected, phase: Phase) -> bool:
     when the result could not be written where it was asked."""
     run_facts = facts(run)
     summary = summarize(data, run_facts)
-    print(render(summary), flush=True)
+    checked = _validate(run.cfg, summary)
+    print(render(summary) + (f"\n{validation.render(checked)}" if checked else ""), flush=True)
     attrs = attributes(run_facts, summary, phase.wall_ns)
     out_dir = run.out_dir
     if _holds_result(out_dir):   # another run took the name meanwhile: keep both
@@ -452,6 +454,20 @@ def _write(run: Run, data: Collected, phase: Phase) -> bool:
     for error in data.errors[:1]:
         print(f"error: {error}", file=sys.stderr)
     return written
+
+
+def _validate(cfg: Config, summary: dict) -> dict | None:
+    """--validation-trace: the run's hit ratios against the recorded ones, in the summary."""
+    if not cfg.run.validation_trace:
+        return None
+    try:
+        checked = validation.validate(summary, validation.read(cfg.run.validation_trace),
+                                      cfg.run.validation_tolerance)
+    except ConfigError as err:   # the file changed since the run began: say so, keep the result
+        checked = {"verdict": "ERROR", "error": str(err), "tolerance": cfg.run.validation_tolerance,
+                   "checks": []}
+    summary["validation"] = checked
+    return checked
 
 
 def fallback_dirs(run_id: str) -> list[str]:
