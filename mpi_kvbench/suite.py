@@ -18,7 +18,7 @@ import yaml
 from mpi_kvbench import config as cfgmod
 from mpi_kvbench.config import Config
 from mpi_kvbench.errors import ConfigError
-from mpi_kvbench.params import build_dataclass, non_negative, positive
+from mpi_kvbench.params import build_dataclass, choice, non_negative, positive
 
 MLPERF_MODES = ("closed", "open")
 MLPERF_OPTIONS = {f"option{k}": f"mlperf-option{k}.yaml" for k in (1, 2, 3)}
@@ -58,10 +58,12 @@ class SuiteSection:
     cv_threshold: float = CV_THRESHOLD
     config: str = ""          # a base YAML file for runs that name none
     set: dict = field(default_factory=dict)   # overrides for every run
+    order: str = "grouped"    # grouped: a run's trials together; interleaved: trial 1 of each, ...
 
     def check(self) -> None:
         positive(self, "suite", ("trials", "cv_threshold"))
         non_negative(self, "suite", ("pause_s",))
+        choice(self, "suite", "order", ("grouped", "interleaved"))
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,9 @@ def _plan_file(req: Request, stamp: str, results_dir: str) -> Plan:
             runs.append(PlannedRun(entry.name, t, _place(path, overrides, directory,
                                                          f"{entry.name}-trial{t}")))
         options[entry.name] = {"config": path, "set": entry.set, "trials": trials}
+    if sec.order == "interleaved":   # drift over time (a neighbour's load) hits every run alike
+        names = list(options)
+        runs.sort(key=lambda r: (r.trial, names.index(r.option)))
     return Plan(name, "suite", directory, runs,
                 sec.pause_s if req.pause_s is None else req.pause_s,
                 req.cv_threshold or sec.cv_threshold, options, [])

@@ -94,6 +94,8 @@ def test_suite_file_overrides_layer_in_order(tmp_path: Path) -> None:
     assert [(r.option, r.trial, r.cfg.io.io_depth, r.cfg.workload.users) for r in p.runs] == [
         ("a", 1, 5, 2), ("a", 2, 5, 2), ("b", 1, 6, 2)]
     assert p.name == "s-t" and p.directory == str(tmp_path / "r" / "s-t")
+    mixed = plan(Request(suite_file=write_suite(tmp_path, {**doc, "order": "interleaved"})), "t")
+    assert [(r.option, r.trial) for r in mixed.runs] == [("a", 1), ("b", 1), ("a", 2)]
 
 
 @pytest.mark.parametrize("doc, message", [
