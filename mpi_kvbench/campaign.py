@@ -118,8 +118,8 @@ AUTOSCALE_FILE = "autoscale.json"
 def execute_autoscale(req: suite.Request, key: str, search: Search, command_line: str) -> int:
     """Measures the loads ``search`` asks for, one run each in this MPI job, with ``key``
     set to the load; rank 0 decides the next load and tells the others."""
-    base = cfgmod.load(None, req.overrides)   # a mistake is one line before MPI starts
-    cfgmod.load(None, [*req.overrides, suite.nested({key: search.start}, key)])
+    base = cfgmod.load(req.config, req.overrides)   # a mistake is one line before MPI starts
+    cfgmod.load(req.config, [*req.overrides, suite.nested({key: search.start}, key)])
     comm = world()
     started = datetime.now(UTC)
     stamp = comm.bcast(f"{started:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}" if comm.rank == 0 else None)
@@ -139,7 +139,7 @@ def execute_autoscale(req: suite.Request, key: str, search: Search, command_line
                     break
             label = f"{load:g}"
             run_name = f"step{step:02d}-{key.rsplit('.', 1)[-1]}-{label}"
-            cfg = cfgmod.load(None, [*req.overrides, suite.nested({key: int(load) if search.integer
+            cfg = cfgmod.load(req.config, [*req.overrides, suite.nested({key: int(load) if search.integer
                                                                    else load}, key),
                                      {"run": {"results_dir": directory, "run_name": run_name}}])
             say(f"\nautoscale ({search.mode}): step {step}, {key} = {label}", flush=True)

@@ -133,7 +133,8 @@ def build_parser() -> Parser:
     au.add_argument("--margin", type=float, default=0.05, metavar="SHARE",
                     help="capacity: growth below this ends the climb; the plateau's tolerance")
     for sp in (sw, au):
-        sp.add_argument("--trials", type=int, metavar="N", help=argparse.SUPPRESS)
+        sp.add_argument("--config", help="YAML file every run reads (see configs/)")
+        sp.add_argument("--trials", type=int, metavar="N", help="trials per value (sweep)")
         sp.add_argument("--pause", type=float, metavar="SECONDS", help="between runs")
         sp.add_argument("--suite-name", metavar="NAME", help="folder under --results-dir")
     for sp in (st, sw, au):   # every run flag, applied to every run
@@ -239,7 +240,7 @@ def cmd_sweep(args: argparse.Namespace, argv: list[str]) -> int:
 
     values = [yaml.safe_load(v) for v in args.values.split(",") if v.strip()]
     req = Request(overrides=overrides(args), trials=args.trials, pause_s=args.pause,
-                  name=args.suite_name, sweep=(args.key, values))
+                  name=args.suite_name, sweep=(args.key, values), config=args.config)
     return execute_suite(req, shlex.join(["python", "-m", "mpi_kvbench", *argv]))
 
 
@@ -257,7 +258,8 @@ def cmd_autoscale(args: argparse.Namespace, argv: list[str]) -> int:
     integer = isinstance(start, int) and isinstance(limit, int)
     resolution = args.resolution or (1.0 if integer else start / 8)
     search = Search(args.mode, float(start), float(limit), resolution, args.margin, integer)
-    req = Request(overrides=overrides(args), pause_s=args.pause, name=args.suite_name)
+    req = Request(overrides=overrides(args), pause_s=args.pause, name=args.suite_name,
+                  config=args.config)
     return execute_autoscale(req, args.key, search, shlex.join(["python", "-m", "mpi_kvbench", *argv]))
 
 

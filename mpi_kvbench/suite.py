@@ -79,6 +79,7 @@ class Request:
     name: str | None = None
     configs_dir: str | None = None
     sweep: tuple[str, list] | None = None   # (config key, values): one option per value
+    config: str | None = None                # sweep and autoscale: the YAML file every run reads
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,7 @@ def plan(req: Request, stamp: str) -> Plan:
         raise ConfigError(f"--cv-threshold {req.cv_threshold}: give a share above 0, e.g. 0.05")
     if req.name is not None and ("/" in req.name or req.name in ("", ".", "..")):
         raise ConfigError(f"--suite-name {req.name!r}: give a plain name without '/'")
-    base = cfgmod.load(None, req.overrides)   # the command line alone: results_dir, and its errors
+    base = cfgmod.load(req.config, req.overrides)   # results_dir, and the command line's errors
     if req.mlperf is not None:
         return _plan_mlperf(req, stamp, base.run.results_dir)
     if req.sweep is not None:
@@ -284,8 +285,8 @@ def _plan_sweep(req: Request, stamp: str, results_dir: str) -> Plan:
         if option in options:
             raise ConfigError(f"--values: {value!r} is given twice; give each value once")
         over = [*req.overrides, nested({key: value}, key)]
-        runs += [PlannedRun(option, t, _place("", over, directory, f"{option}-trial{t}"))
+        runs += [PlannedRun(option, t, _place(req.config or "", over, directory, f"{option}-trial{t}"))
                  for t in range(1, trials + 1)]
-        options[option] = {"config": "", "set": {key: value}, "trials": trials}
+        options[option] = {"config": req.config or "", "set": {key: value}, "trials": trials}
     return Plan(name, "sweep", directory, runs, req.pause_s or 0.0,
                 req.cv_threshold or CV_THRESHOLD, options, [], {"key": key, "values": values})
