@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from mpi_kvbench import devstat
 from mpi_kvbench.calibrate import calibrate
 from mpi_kvbench.config import Config
 from mpi_kvbench.context import RankContext
@@ -105,7 +104,6 @@ class Run:
     calibration: list | None = None
     signals: Interrupts = field(default_factory=Interrupts)
     filled: Filled | None = None          # this rank's device fill (run.precondition_device_fills)
-    device_io: Any = None                 # node leaders: the storage device's counters (devstat)
 
     @property
     def decode(self) -> bool:
@@ -304,14 +302,6 @@ def _fill_device(run: Run) -> None:
                              progress=FillProgress(run.comm.rank == 0, tier.object_bytes))
 
 
-def _node_device(run: Run) -> str | None:
-    """The block device of the storage tier, on one rank per node (None elsewhere)."""
-    if run.ctx.local_rank != 0:
-        return None
-    path = next((t.info().get("path") for t in run.tiers if t.level == "storage"), None)
-    return devstat.device_of(os.path.dirname(path)) if path else None
-
-
 def _warm_up(run: Run) -> None:
     """Serves requests, unmeasured, for ``run.warmup_s`` seconds (fills the cache)."""
     if run.cfg.run.warmup_s <= 0:
@@ -327,7 +317,6 @@ def _measured_phase(run: Run) -> Phase:
     """Every rank starts at one barrier and serves until its share, the deadline or a stop."""
     cfg, comm, engine = run.cfg, run.comm, run.engine
     comm.quiet_barrier()
-    run.device_io = devstat.sample(_node_device(run))
     start, wall_start = time.perf_counter_ns(), time.time_ns()
     engine.start_phase(start)
     deadline = start + int(cfg.run.duration_s * 1e9) if cfg.run.duration_s else None
@@ -353,9 +342,6 @@ def _reduce(run: Run, phase: Phase) -> Collected | None:
     """Every rank's figures to rank 0 (None elsewhere)."""
     comm, engine = run.comm, run.engine
     comm.quiet_barrier()
-    if isinstance(run.device_io, devstat.Sample):   # every rank is done measuring
-        run.device_io = devstat.delta(run.device_io, devstat.sample(run.device_io.device))
-    run.device_io = comm.gather(run.device_io if isinstance(run.device_io, dict) else None)
     group_latency(run.group, engine.recorder.log, engine.metrics)
     env = describe(run.ctx, comm.library, [t.info() for t in run.tiers])
     data = collect(comm, engine.metrics, phase.elapsed_ns, env, phase.error)
@@ -418,8 +404,7 @@ def facts(run: Run) -> RunFacts:
         prefill_groups=cfg.engine.prefill_groups, stonewall=cfg.run.stonewall,
         qos_metric=cfg.qos.metric, qos_targets_ms=cfg.qos.targets_ms,
         device_fill=device_fill(cfg.run.precondition_device_fills, cfg.geometry.object_bytes,
-                                run.filled),
-        device_io=run.device_io if isinstance(run.device_io, list) else None)
+                                run.filled))
 
 
 def device_fill(fills: float, block_bytes: int, per_rank: list[Filled | None] | None) -> dict | None:

@@ -60,7 +60,6 @@ class RunFacts:
     qos_metric: str
     qos_targets_ms: dict
     device_fill: dict | None = None  # run.precondition_device_fills: bytes, seconds, GB/s
-    device_io: list | None = None    # per rank: its node's storage device counters (leaders), or None
 
 
 def pcts_ms(h: Histogram | None) -> dict[str, float | None]:
@@ -274,34 +273,10 @@ def summarize(data: Collected, run: RunFacts) -> dict[str, Any]:
     }
     if run.device_fill:
         summary["precondition_device_fill"] = run.device_fill
-    neighbour = noisy_neighbour(data, run.device_io)
-    if neighbour:
-        summary["noisy_neighbour"] = neighbour
     calibrated = calibration(run.calibration)
     if calibrated:
         summary["calibration"] = calibrated
     return summary
-
-
-def noisy_neighbour(data: Collected, device_io: list | None) -> dict[str, Any] | None:
-    """Per node, what its storage device moved during the measured phase against what the
-    node's ranks moved there: the rest is another job's (a noisy neighbour) or metadata."""
-    if not device_io or not any(device_io):
-        return None
-    ours: dict[str, int] = {}
-    moved = sum(data.per_rank_counter(names.tier_counter("storage", f"{op}_bytes")) for op in names.OPS)
-    for e, b in zip(data.env, moved, strict=True):
-        ours[e["host"]] = ours.get(e["host"], 0) + int(b)
-    nodes = []
-    for e, dev in zip(data.env, device_io, strict=False):
-        if not dev:
-            continue
-        total = dev["read_bytes"] + dev["write_bytes"]
-        foreign = max(0, total - ours.get(e["host"], 0))
-        nodes.append({"host": e["host"], **dev, "benchmark_bytes": ours.get(e["host"], 0),
-                      "foreign_bytes": foreign,
-                      "foreign_share": round(foreign / total, 4) if total else 0.0})
-    return {"foreign_share": max(n["foreign_share"] for n in nodes), "nodes": nodes}
 
 
 def storage_health(data: Collected, metric: str, targets_ms: dict) -> dict[str, Any]:
@@ -374,11 +349,6 @@ def render(s: dict[str, Any]) -> str:
         f"  CPU: {s['cpu']['io_path_s_per_gb']} s/GB on the I/O path,"
         f" {s['cpu']['generation_s_per_gb']} s/GB generating payload",
     ]
-    neighbour = s.get("noisy_neighbour")
-    if neighbour and neighbour["foreign_share"] > 0.05:
-        foreign = sum(n["foreign_bytes"] for n in neighbour["nodes"]) / 1e9
-        lines.append(f"  noisy neighbour: the storage device moved {foreign:.2f} GB beyond this run's"
-                     f" ({100 * neighbour['foreign_share']:.0f}% of its bytes on the worst node)")
     fill = s.get("precondition_device_fill")
     if fill:
         lines.append(f"  precondition: {fill['fills']:g} device fills, {fill['bytes'] / 1e9:.3f} GB written"

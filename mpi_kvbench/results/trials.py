@@ -32,7 +32,6 @@ HEADLINE: dict[str, tuple[str, ...]] = {
     "storage_read_p99_ms": ("tiers", "storage", "latency_ms", "read", "p99"),
     "storage_write_p95_ms": ("tiers", "storage", "latency_ms", "write", "p95"),
     "storage_write_p99_ms": ("tiers", "storage", "latency_ms", "write", "p99"),
-    "device_foreign_share": ("noisy_neighbour", "foreign_share"),
 }
 LATENCIES = tuple(k for k in HEADLINE if k.endswith("_ms"))
 # the figures whose CV judges a trial set's stability (the headline throughput)

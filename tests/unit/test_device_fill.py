@@ -107,35 +107,3 @@ def test_the_summary_reports_the_fill(tmp_path: Path) -> None:
     assert "precondition: writing 2 x" in proc.stdout and "device fills" in proc.stdout
     # not measured: the storage tier's measured writes are the requests' own
     assert summary["tiers"]["storage"]["write_bytes"] < fill["bytes"]
-    # the device's own counters over the measured phase, against the benchmark's bytes
-    neighbour = summary.get("noisy_neighbour")
-    if neighbour is not None:   # the storage path is on a block device
-        node = neighbour["nodes"][0]
-        storage = summary["tiers"]["storage"]
-        ours = storage["read_bytes"] + storage["write_bytes"]
-        device = node["read_bytes"] + node["write_bytes"]
-        assert node["benchmark_bytes"] == ours and node["foreign_bytes"] == max(0, device - ours)
-        assert neighbour["foreign_share"] == pytest.approx(node["foreign_bytes"] / device, abs=1e-4)
-        if summary["o_direct"]:   # O_DIRECT writes reach the device
-            assert node["write_bytes"] >= storage["write_bytes"]
-
-
-def test_the_device_counters_see_a_fill(tmp_path: Path) -> None:
-    """devstat reads the block device's own counters: a fill's O_DIRECT bytes are in them
-    (other jobs on the disk only add to them)."""
-    from mpi_kvbench import devstat
-
-    dev = devstat.device_of(str(tmp_path))
-    if dev is None:
-        pytest.skip("the temp folder is not on a block device")
-    tier = StorageTier(StorageTier.Params(path=str(tmp_path)), 64 * OBJ, OBJ, level="storage")
-    tier.open(RankContext(run_id="fillsys"))
-    try:
-        if not tier.o_direct:
-            pytest.skip("no O_DIRECT here")
-        before = devstat.sample(dev)
-        done = fill_device(tier, 1, 4)
-        moved = devstat.delta(before, devstat.sample(dev))
-    finally:
-        tier.close()
-    assert moved["device"] == dev and moved["write_bytes"] >= done.bytes == 64 * OBJ
