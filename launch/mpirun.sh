@@ -10,6 +10,11 @@ set -euo pipefail
 ranks=${1:-}
 if [[ -n "$ranks" && "$ranks" =~ ^[0-9]+$ ]]; then
   shift
+  if (( 10#$ranks < 1 )); then
+    echo "error: RANKS=$ranks: give 1 or more ranks (launch/mpirun.sh 8 ...)" >&2
+    exit 2
+  fi
+  ranks=$((10#$ranks))
 else
   ranks=$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU' || true)
   [[ "$ranks" -gt 0 ]] || ranks=8
@@ -22,10 +27,13 @@ if ! command -v "${MPIRUN%% *}" >/dev/null; then
 fi
 # mpirun (MPICH's hydra, Open MPI's prterun) hands SIGINT and SIGTERM on to every rank,
 # which then end the run in order (exit 130 or 143), but dies of SIGHUP itself, taking the
-# ranks down with no result. So mpirun runs in the background and a hang-up of this
-# script (a closed terminal or ssh session) reaches it as SIGTERM: the run ends in order
-# with status 143. SIGINT is left to the terminal, which sends it to mpirun directly.
+# ranks down with no result. So mpirun starts with SIGHUP ignored, in the background, and
+# a hang-up of this script (a closed terminal or ssh session) reaches it as SIGTERM: the
+# run ends in order with status 143. SIGINT is left to the terminal, which sends it to
+# mpirun directly; a SIGTERM to this script is passed on (the ranks take a copy that
+# arrives with the direct one, from a kill of the whole process group, as one signal).
 set +e
+trap '' HUP
 $MPIRUN -n "$ranks" "$PYTHON" -m mpi_kvbench run "$@" &
 pid=$!
 trap 'kill -TERM "$pid" 2>/dev/null' HUP TERM

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
+import yaml
 
 from mpi_kvbench import SCHEMA_VERSION
 from mpi_kvbench.metrics import EDGES, PERCENTILES, percentile
@@ -359,91 +360,263 @@ def _figure(**kw: Any) -> Any:
     return Figure(**kw)
 
 
-def plot_report(result: Result, out_dir: PathLike) -> list[str]:
-    """Writes PNGs for a first look (latency CDF per tier, bandwidth over time, hit rates,
-    per-rank spread) into ``out_dir``; returns their paths. Uses no pyplot state, so it is
-    safe in a notebook and without a display."""
-    pd = _pandas()
-    out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    written = []
+def title(result: Result) -> str:
+    """What a figure is of: run name, model, ranks (a run name alone is often a timestamp)."""
+    a = result.attrs
+    tp = a.get("tensor_parallel", 1)
+    n = a.get("world_size", len(result.counters))
+    return (f"{result.run_name} · {a.get('model', '?')}, {n} rank{'s' if n != 1 else ''}"
+            + (f" (TP {tp})" if tp and tp > 1 else ""))
 
-    fig = _figure(figsize=(7, 4.5))
-    ax = fig.add_subplot()
+
+def _plain(axis: Any) -> None:
+    """Plain numbers on a log axis ("600", "0.05"), not "6×10²". Minor ticks are labelled
+    only when the axis spans less than a decade (then they are the only labels); decided
+    when drawn, after autoscaling."""
+    from matplotlib.ticker import FuncFormatter
+
+    def minor(v: float, _: Any) -> str:
+        lo, hi = sorted(axis.get_view_interval())
+        return f"{v:g}" if lo > 0 and hi / lo < 10 else ""
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(FuncFormatter(minor))
+
+
+def _rank_ticks(ax: Any, ranks: np.ndarray) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    if len(ranks) <= 16:
+        ax.set_xticks(ranks)
+    else:   # every rank would be an unreadable smear of labels
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def tail(result: Result, histogram: str, rank: int | str = "all") -> pd.DataFrame:
+    """The latency tail: ``slower``, the fraction of samples at or above ``latency_ms`` (the
+    upper edge of each non-empty bucket), so it reaches 1/n at the maximum, not 0, and
+    plots on a log scale: P99 is where the curve crosses 0.01, P99.9 where it crosses 0.001."""
+    c = cdf(result, histogram, rank)
+    counts = histogram_counts(result, histogram, rank)
+    at_or_above = np.cumsum(counts[np.nonzero(counts)[0]][::-1])[::-1]   # exact counts, then one division
+    slower = at_or_above / counts.sum() if len(at_or_above) else np.array([], float)
+    return _pandas().DataFrame({"latency_ms": c["latency_ms"].to_numpy(), "slower": slower})
+
+
+def _mark_tail(ax: Any, n_max: int) -> None:
+    for q, label in ((0.01, "P99"), (0.001, "P99.9")):
+        ax.axhline(q, color="0.5", lw=0.8, ls=":")
+        ax.annotate(label, (1.0, q), xycoords=("axes fraction", "data"), ha="right", va="bottom",
+                    fontsize="small", color="0.35")
+    ax.set_ylim(top=1.2, bottom=min(5e-4, 0.5 / max(1, n_max)))
+    ax.set_yscale("log")
+    ax.set_xscale("log")
+    _plain(ax.xaxis)
+    _plain(ax.yaxis)
+    ax.grid(True, which="both", alpha=0.25)
+
+
+def plot_latency(result: Result, ax: Any = None) -> Any:
+    """Per-operation latency tail of every tier, all ranks."""
+    fig = ax.figure if ax is not None else _figure(figsize=(7.5, 4.5))
+    ax = ax or fig.add_subplot()
+    colors = _colors(result.tiers)
+    n_max = 1
     for tier in result.tiers:
         for op, style in zip(mn.OPS, ("-", "--"), strict=True):
             try:
-                c = cdf(result, mn.tier_op(tier, op))
+                t = tail(result, mn.tier_op(tier, op))
             except KeyError:
                 continue
-            ax.step(c["latency_ms"], c["fraction"], style, where="post", label=f"{tier} {op}")
-    ax.set(xscale="log", xlabel="latency (ms)", ylabel="fraction of operations",
-           title=f"{result.run_name}: per-operation latency, all ranks")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small")
-    written.append(_save(fig, out_dir, "latency_cdf.png"))
+            if len(t):
+                n_max = max(n_max, int(histogram_counts(result, mn.tier_op(tier, op)).sum()))
+                ax.step(t["latency_ms"], t["slower"], style, where="pre", color=colors[tier],
+                        lw=2 if tier == "storage" else 1.2, label=f"{tier} {op}")
+    _mark_tail(ax, n_max)
+    ax.set(xlabel="latency (ms)", ylabel="fraction of operations this slow or slower",
+           title=f"{title(result)}\nper-operation latency tail, all ranks")
+    if ax.lines:
+        ax.legend(fontsize="small", loc="lower left")
+    return fig
 
+
+def qos_targets(result: Result) -> tuple[str, dict[str, dict[str, float]]]:
+    """The SLO metric and targets (ms per percentile key, per class) the run judged against."""
+    health = result.summary.get("storage_health") or {}
+    cfg = yaml.safe_load(result.config) if result.config else {}
+    targets = dict((cfg or {}).get("qos", {}).get("targets_ms") or {})
+    for cls, c in health.get("classes", {}).items():
+        targets[cls] = {k: v["target_ms"] for k, v in c.get("checks", {}).items()}
+    metric = health.get("metric") or (cfg or {}).get("qos", {}).get("metric", "e2e")
+    return metric, targets
+
+
+def plot_qos(result: Result, ax: Any = None) -> Any:
+    """Request latency tail of each QoS class (per TP group, the metric the SLOs judge) with
+    its targets as crosses at (target, 1 − q): a class meets a target when its curve passes
+    below and left of the cross."""
+    fig = ax.figure if ax is not None else _figure(figsize=(7.5, 4.5))
+    ax = ax or fig.add_subplot()
+    metric, targets = qos_targets(result)
+    verdicts = (result.summary.get("storage_health") or {}).get("classes", {})
+    n_max = 1
+    for i, cls in enumerate(result.summary.get("qos", {})):
+        color = f"C{i}"
+        name = mn.group_qos(cls, metric)
+        try:
+            t = tail(result, name)
+        except KeyError:
+            continue
+        n = int(histogram_counts(result, name).sum())
+        n_max = max(n_max, n)
+        verdict = verdicts.get(cls, {}).get("verdict", "no data")
+        ax.step(t["latency_ms"], t["slower"], where="pre", color=color, label=f"{cls} ({n}): {verdict}")
+        for key, target in targets.get(cls, {}).items():
+            ax.plot([target], [1 - PERCENTILES[key] / 100], "x", color=color, ms=8, mew=2)
+    _mark_tail(ax, n_max)
+    ax.set(xlabel=f"request {metric} latency, per TP group (ms)", ylabel="fraction of requests this slow",
+           title=f"{title(result)}\nrequests per QoS class against their SLO targets (x)")
+    if ax.lines:
+        ax.legend(fontsize="small", loc="lower left")
+    return fig
+
+
+def _window(result: Result) -> float:
+    return float(result.environment["elapsed_s"].max()) if len(result.environment) else 0.0
+
+
+def _over_time(result: Result, series: str) -> tuple[np.ndarray, np.ndarray]:
+    """Bin starts and the per-second rate of ``series`` summed over ranks."""
     ts = result.timeseries
-    window = float(result.environment["elapsed_s"].max()) if len(result.environment) else 0.0
-    by = ts.groupby(["series", "second"], observed=True)["value"].sum()
-    fig = _figure(figsize=(7, 4.5))
-    ax = fig.add_subplot()
+    s = ts[ts["series"] == series].groupby("second")["value"].sum()
+    return s.index.to_numpy(dtype=float), s.to_numpy(dtype=float)
+
+
+def _steps(starts: np.ndarray, values: np.ndarray, window: float, interval: float) -> tuple:
+    """x, y of a step line that holds each bin's value to its end and stops at the window."""
+    end = window if window > 0 else (starts[-1] + interval if len(starts) else 0.0)
+    return np.append(starts, end), np.append(values, values[-1] if len(values) else np.nan)
+
+
+def plot_bandwidth(result: Result, ax: Any = None) -> Any:
+    """Bandwidth over the measured phase per tier (thin: read, dashed: write) and the
+    storage tier's read + write total (bold); x runs over the whole measured window."""
+    fig = ax.figure if ax is not None else _figure(figsize=(7.5, 4.5))
+    ax = ax or fig.add_subplot()
+    window, colors = _window(result), _colors(result.tiers)
+    total = None
     for tier in result.tiers:
         for op, style in zip(mn.OPS, ("-", "--"), strict=True):
-            key = mn.tier_counter(tier, f"{op}_bytes")
-            if key in by.index.get_level_values(0):
-                s = by[key]
-                ax.plot(s.index, s.to_numpy() / _bin_widths(s.index, result.interval_s, window) / 1e9,
-                        style, label=f"{tier} {op}")
-    ax.set(xlabel="second of the measured phase", ylabel="GB/s (all ranks)",
-           title=f"{result.run_name}: bandwidth over time")
+            starts, nbytes = _over_time(result, mn.tier_counter(tier, f"{op}_bytes"))
+            if not len(starts):
+                continue
+            gbps = nbytes / _bin_widths(starts, result.interval_s, window) / 1e9
+            x, y = _steps(starts, gbps, window, result.interval_s)
+            ax.plot(x, y, style, drawstyle="steps-post", color=colors[tier], lw=1, label=f"{tier} {op}")
+            if tier == "storage":   # every series has every bin: the two add up bin by bin
+                total = gbps if total is None else total + gbps
+                total_starts = starts
+    if total is not None:
+        x, y = _steps(total_starts, total, window, result.interval_s)
+        ax.plot(x, y, drawstyle="steps-post", color=colors["storage"], lw=3, label="storage read + write")
+    ax.set(xlabel="second of the measured phase", ylabel="GB/s (all ranks)", ylim=(0, None),
+           title=f"{title(result)}\nbandwidth over time")
+    _share_time(ax, result)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
-    written.append(_save(fig, out_dir, "bandwidth.png"))
+    if ax.lines:
+        ax.legend(fontsize="small")
+    return fig
 
+
+def _share_time(ax: Any, result: Result) -> None:
+    """Every time axis spans the same measured window, so figures line up."""
+    window = _window(result)
+    ax.set_xlim(0, window if window > 0 else None)
+
+
+def plot_hit_rates(result: Result) -> Any:
+    """Prefix hit ratio over time, and the share of chunk lookups each tier served."""
+    pd = _pandas()
     fig = _figure(figsize=(10, 4))
     ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    names = by.index.get_level_values(0)
-    if "chunk_lookups" in names and "chunk_hits" in names:
-        lookups, hits = by["chunk_lookups"], by["chunk_hits"].reindex(by["chunk_lookups"].index, fill_value=0)
-        ratio = (hits / lookups.where(lookups > 0)).astype(float)
-        ax1.plot(ratio.index, ratio.to_numpy(), marker="o")
-    ax1.set(xlabel="second", ylabel="chunk hits / lookups", ylim=(0, 1.05), title="prefix hit ratio")
+    window = _window(result)
+    starts, lookups = _over_time(result, "chunk_lookups")
+    if len(starts):
+        h_starts, hits = _over_time(result, "chunk_hits")
+        hits = pd.Series(hits, index=h_starts).reindex(starts, fill_value=0).to_numpy()
+        ratio = np.divide(hits, lookups, out=np.full(len(lookups), np.nan), where=lookups > 0)
+        x, y = _steps(starts, ratio, window, result.interval_s)
+        ax1.plot(x, y, drawstyle="steps-post")
+    ax1.set(xlabel="second of the measured phase", ylabel="chunk hits / lookups", ylim=(0, 1.05),
+            title="prefix hit ratio over time")
+    _share_time(ax1, result)
     ax1.grid(True, alpha=0.3)
     hits_by_tier = pd.Series({t: result.summary["tiers"][t].get("chunk_hits", 0) for t in result.tiers})
     lookups_total = result.summary.get("chunk_lookups") or 0
     if lookups_total:
-        ax2.bar(hits_by_tier.index, hits_by_tier.to_numpy() / lookups_total)
+        colors = _colors(result.tiers)
+        ax2.bar(hits_by_tier.index, hits_by_tier.to_numpy() / lookups_total,
+                color=[colors[t] for t in hits_by_tier.index])
     ax2.set(ylabel="share of chunk lookups", title="hits served by tier")
-    written.append(_save(fig, out_dir, "hit_rates.png"))
+    fig.suptitle(title(result))
+    return fig
 
+
+def plot_per_rank(result: Result) -> Any:
+    """Spread over ranks: each rank's bandwidth per tier and op (markers, readable at any
+    rank count), and each rank's read P99 per tier."""
     fig = _figure(figsize=(10, 4))
     ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     ranks = result.counters.index.to_numpy()
-    width = 0.8 / max(1, 2 * len(result.tiers))
-    k = 0
+    window, colors = _window(result), _colors(result.tiers)
     for tier in result.tiers:
-        for op in mn.OPS:
+        for op, marker, style in zip(mn.OPS, ("o", "s"), ("-", "--"), strict=True):
             col = mn.tier_counter(tier, f"{op}_bytes")
             if col in result.counters and window > 0:
-                gbps = result.counters[col].to_numpy() / window / 1e9
-                ax1.bar(ranks - 0.4 + (k + 0.5) * width, gbps, width, label=f"{tier} {op}")
-            k += 1
-    ax1.set(xlabel="rank", ylabel="GB/s (measured window)", title="bandwidth per rank", xticks=ranks)
-    ax1.legend(fontsize="x-small")
+                ax1.plot(ranks, result.counters[col].to_numpy() / window / 1e9, style, marker=marker,
+                         color=colors[tier], ms=4, lw=0.8, label=f"{tier} {op}")
+    ax1.set(xlabel="rank", ylabel="GB/s (measured window)", title="bandwidth per rank", ylim=(0, None))
+    _rank_ticks(ax1, ranks)
+    ax1.grid(True, alpha=0.3)
+    if ax1.lines:
+        ax1.legend(fontsize="x-small", ncol=2)
     p = result.percentiles
     for tier in result.tiers:
         name = mn.tier_op(tier, "read")
-        if name not in set(p["histogram"]):
-            continue
         rows = p[(p["histogram"] == name) & (p["rank"] != "all")]
-        ax2.plot(rows["rank"].astype(int), rows["p99_ms"], marker="o", label=f"{tier} read p99")
-    ax2.set(xlabel="rank", ylabel="ms", yscale="log", title="read p99 per rank", xticks=ranks)
-    ax2.grid(True, alpha=0.3)
+        if len(rows) and rows["p99_ms"].notna().any():
+            ax2.plot(rows["rank"].astype(int), rows["p99_ms"], marker="o", ms=4, color=colors[tier],
+                     label=f"{tier} read P99")
+    ax2.set(xlabel="rank", ylabel="ms", yscale="log", title="read P99 per rank")
+    _plain(ax2.yaxis)
+    _rank_ticks(ax2, ranks)
+    ax2.grid(True, which="both", alpha=0.3)
     if ax2.lines:
         ax2.legend(fontsize="x-small")
-    written.append(_save(fig, out_dir, "per_rank.png"))
-    return written
+    fig.suptitle(title(result))
+    return fig
+
+
+def _colors(tiers: Sequence[str]) -> dict[str, str]:
+    """One colour per tier in every figure."""
+    return {t: f"C{i}" for i, t in enumerate(tiers)}
+
+
+def plot_report(result: Result, out_dir: PathLike | None = None) -> dict[str, Any]:
+    """The first-look figures (latency tail per tier, request latency per QoS class against
+    its SLOs, bandwidth over time, hit rates, per-rank spread), as ``{name: Figure}``, and
+    written as PNGs into ``out_dir`` when given (then the keys are the PNG paths). Uses no
+    pyplot state, so it is safe in a notebook and without a display."""
+    figures = {"latency_cdf.png": plot_latency(result), "qos_latency.png": plot_qos(result),
+               "bandwidth.png": plot_bandwidth(result), "hit_rates.png": plot_hit_rates(result),
+               "per_rank.png": plot_per_rank(result)}
+    for fig in figures.values():
+        fig.tight_layout()
+    if out_dir is None:
+        return figures
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    return {_save(fig, out_dir, name): fig for name, fig in figures.items()}
 
 
 def _bin_widths(starts: Any, interval_s: float, window_s: float) -> np.ndarray:
@@ -457,6 +630,5 @@ def _bin_widths(starts: Any, interval_s: float, window_s: float) -> np.ndarray:
 
 def _save(fig: Any, out_dir: str, name: str) -> str:
     path = os.path.join(out_dir, name)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path

@@ -1,5 +1,5 @@
-"""Command line: ``run`` (the default), ``models``, ``calibrate``, ``suite``, ``sweep``,
-``autoscale``, ``datasize``.
+"""Command line: ``run`` (the default), ``models``, ``configs``, ``calibrate``, ``export``,
+``checkpoint``, ``suite``, ``sweep``, ``autoscale``, ``datasize``.
 
 Flags override the config file, which overrides the packaged defaults. Any mistake is
 one line on stderr, ``error: ...``, and exit status 2, printed once (by rank 0 under MPI).
@@ -8,7 +8,11 @@ one line on stderr, ``error: ...``, and exit status 2, printed once (by rank 0 u
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
+import io
 import json
+import math
 import os
 import shlex
 import sys
@@ -52,60 +56,169 @@ def launch_rank() -> int:
     return 0
 
 
+COMMANDS = ("run", "models", "configs", "calibrate", "export", "checkpoint", "suite", "sweep",
+            "autoscale", "datasize")
+
+
 class Parser(argparse.ArgumentParser):
+    """One-line errors; no abbreviated flags (``--dur`` would silently mean ``--duration``
+    and break when a flag is added); a mistyped flag gets the closest real one."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:   # one line, not usage + message
+        if message.startswith("unrecognized arguments: "):
+            flag = message.split(": ", 1)[1].split()[0].split("=")[0]
+            flags = self.flags()
+            close = [f for f in flags if f.startswith(flag)] if flag.startswith("--") else []
+            close = close if len(close) == 1 else difflib.get_close_matches(flag, flags, n=1)
+            if close:
+                raise ConfigError(f"{flag}: unknown flag; did you mean {close[0]}? (see --help)")
         raise ConfigError(f"{message} (see --help)")
+
+    def flags(self) -> list[str]:
+        """Every long flag of this parser and its commands."""
+        out = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+        for a in self._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for sub in a.choices.values():
+                    out += sub.flags()
+        return sorted(set(out))
+
+
+def integer(text: str) -> int:
+    """An int flag that also takes ``1e5``-style integral numbers."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(value)
+
+
+def number(text: str) -> float:
+    """A float flag: NaN and infinity are refused here, where the flag can be named."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number")
+    return value
+
+
+def _defaults() -> dict[str, object]:
+    """flag -> its value in the packaged defaults (or the synthetic workload's), for --help."""
+    import dataclasses
+
+    from mpi_kvbench.config import default_dict
+    from mpi_kvbench.registry import WORKLOADS
+
+    raw = default_dict()
+    workload = {f.name: f.default for f in dataclasses.fields(WORKLOADS.load(raw["workload"]["kind"]).Params)}
+    out: dict[str, object] = {}
+    for flag, key in RUN_FLAGS.items():
+        node: object = raw
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None and key.startswith("workload."):
+            node = workload.get(key.split(".", 1)[1])
+        if node is not None and node != "" and node is not dataclasses.MISSING:
+            out[flag] = node
+    return out
+
+
+def _with_defaults(parser: argparse.ArgumentParser) -> None:
+    """Appends ``(default X)`` to each run flag's help, from default.yaml."""
+    try:
+        defaults = _defaults()
+    except Exception:   # noqa: BLE001 - help must print even with a broken install
+        return
+    for action in parser._actions:
+        if action.dest in defaults and action.help and "default" not in action.help:
+            action.help += f" (default {defaults[action.dest]})"
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="mpi_kvbench", description="Storage under LLM KV-cache offload, on MPI.")
+    p = Parser(prog="mpi_kvbench", description="Storage under LLM KV-cache offload, on MPI.",
+               epilog="Commands: run (the default), models, configs, calibrate;"
+                      " `mpi_kvbench COMMAND --help` for each.")
     p.add_argument("--version", action="version", version=f"mpi_kvbench {__version__}")
     sub = p.add_subparsers(dest="command", parser_class=Parser)
 
     run = sub.add_parser("run", help="run the benchmark (the default command)")
-    run.add_argument("--config", help="YAML workload file (see configs/)")
+    run.add_argument("--config", help="YAML workload file, or a shipped one by name (see `configs`)")
     run.add_argument("--model", help="model key (see `models`)")
-    run.add_argument("--duration", type=float, metavar="SECONDS", help="measured phase length")
-    run.add_argument("--max-requests", type=int, metavar="N", help="requests per TP group")
-    run.add_argument("--seed", type=int)
+    run.add_argument("--duration", type=number, metavar="SECONDS", help="measured phase length")
+    run.add_argument("--max-requests", type=integer, metavar="N", help="requests per TP group")
+    run.add_argument("--seed", type=integer, help="trace and placement seed")
     run.add_argument("--results-dir", metavar="DIR", help="where runs land (default results/)")
     run.add_argument("--run-name", metavar="NAME", help="run folder name (default a timestamp)")
     run.add_argument("--cache-dir", metavar="PATH_TEMPLATE",
                      help="storage tier path; {rank} {local_rank} {node} {host} {group} {run_id}")
-    run.add_argument("--gpu-mem-gb", type=float, metavar="X", help="HBM tier per rank")
-    run.add_argument("--cpu-mem-gb", type=float, metavar="X", help="DRAM tier per rank")
-    run.add_argument("--storage-capacity-gb", type=float, metavar="X", help="storage tier per rank")
-    run.add_argument("--tensor-parallel", type=int, metavar="T", help="ranks per TP group")
-    run.add_argument("--chunk-tokens", type=int, metavar="N", help="tokens per KV chunk")
-    run.add_argument("--io-depth", type=int, metavar="N", help="concurrent I/O per rank")
+    run.add_argument("--gpu-mem-gb", type=number, metavar="X", help="HBM tier per rank")
+    run.add_argument("--cpu-mem-gb", type=number, metavar="X", help="DRAM tier per rank")
+    run.add_argument("--storage-capacity-gb", type=number, metavar="X", help="storage tier per rank")
+    run.add_argument("--tensor-parallel", type=integer, metavar="T", help="ranks per TP group")
+    run.add_argument("--chunk-tokens", type=integer, metavar="N", help="tokens per KV chunk")
+    run.add_argument("--io-depth", type=integer, metavar="N", help="concurrent I/O per rank")
     run.add_argument("--workload", metavar="NAME",
                      help="request source: synthetic, sharegpt, burstgpt, mooncake, azure")
     run.add_argument("--trace", metavar="PATH", help="trace file the workload reads")
-    run.add_argument("--trace-speedup", type=float, metavar="X", help="replay X times faster")
-    run.add_argument("--replay-cycles", type=int, metavar="N", help="replay the trace N times")
-    run.add_argument("--request-rate", type=float, metavar="PER_S",
+    run.add_argument("--trace-speedup", type=number, metavar="X", help="replay X times faster")
+    run.add_argument("--replay-cycles", type=integer, metavar="N", help="replay the trace N times")
+    run.add_argument("--request-rate", type=number, metavar="PER_S",
                      help="open loop: Poisson arrivals at this rate (requests/s, all groups)")
-    run.add_argument("--users", type=int, metavar="N", help="synthetic closed-loop users")
-    run.add_argument("--precondition", type=float, nargs="?", const=0.9, metavar="SHARE",
+    run.add_argument("--users", type=integer, metavar="N", help="synthetic closed-loop users")
+    run.add_argument("--precondition", type=number, nargs="?", const=0.9, metavar="SHARE",
                      help="fill this share of the storage tier before measuring (default 0.9)")
-    run.add_argument("--prefill-groups", type=int, metavar="K",
+    run.add_argument("--prefill-groups", type=integer, metavar="K",
                      help="disaggregated serving: K TP groups prefill, the others decode")
     run.add_argument("--validation-trace", metavar="FILE",
                      help="compare the hit ratio with a recorded one (docs/RESULTS.md)")
     run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="any config key; repeatable")
+    run.add_argument("--quiet", action="store_true",
+                     help="no live output (banner, phases, progress) on rank 0; the summary still prints")
+    _with_defaults(run)
 
     models = sub.add_parser("models", help="list the model catalogue")
-    models.add_argument("--tensor-parallel", type=int, default=1, metavar="T")
+    models.add_argument("--tensor-parallel", type=integer, default=1, metavar="T")
     models.add_argument("--config", help="also list the models this YAML file defines")
     models.add_argument("--json", action="store_true", help="print JSON")
+
+    sub.add_parser("configs", help="list the workload files shipped with the package (--config NAME)")
 
     cal = sub.add_parser("calibrate", help="raw O_DIRECT bandwidth of a path")
     cal.add_argument("--cache-dir", required=True, metavar="PATH")
     cal.add_argument("--config", help="YAML file (object size and io_depth come from it)")
-    cal.add_argument("--size-gb", type=float, default=1.0, help="bytes to write, then read")
+    cal.add_argument("--size-gb", type=number, default=1.0, help="GB to write, then read (default 1.0)")
     cal.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     cal.add_argument("--json", action="store_true", help="print JSON")
+
+    exp = sub.add_parser("export", help="runs to one CSV/XLSX table, with trial statistics")
+    exp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (or their result.h5)")
+    exp.add_argument("--csv", metavar="FILE", help="one row per run; trials go to FILE_trials.csv")
+    exp.add_argument("--xlsx", metavar="FILE", help="sheets 'runs' and 'trials' (needs openpyxl)")
+    exp.add_argument("--force", action="store_true",
+                     help="export runs of different world size, model or configuration together")
+    exp.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    ck = sub.add_parser("checkpoint", help="streaming checkpoint write + restore (every rank)")
+    ck.add_argument("--config", help="YAML file; its checkpoint: section")
+    ck.add_argument("--target", help="file or s3")
+    ck.add_argument("--size-gb", type=float, metavar="X", help="checkpoint shard per rank")
+    ck.add_argument("--path", metavar="PATH_TEMPLATE", help="file target directory")
+    ck.add_argument("--results-dir", metavar="DIR")
+    ck.add_argument("--run-name", metavar="NAME")
+    ck.add_argument("--set", action="append", default=[], metavar="checkpoint.KEY=VALUE",
+                    help="any checkpoint key (checkpoint.s3.bucket=...); repeatable")
 
     st = sub.add_parser("suite", help="several runs and their trials in one MPI job (suite.json)")
     st.add_argument("suite_file", nargs="?", help="YAML suite: runs with overrides, trials, pauses")
@@ -199,6 +312,17 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_configs() -> int:
+    """The shipped workload files by name, with the first line of their header comment."""
+    from mpi_kvbench.config import shipped_configs
+
+    for name, f in shipped_configs().items():
+        first = next((line.lstrip("# ").strip() for line in f.read_text().splitlines()
+                      if line.startswith("#") and line.lstrip("# ").strip()), "")
+        print(f"{name:22} {first}")
+    return 0
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from mpi_kvbench import config as cfgmod
     from mpi_kvbench.calibrate import calibrate
@@ -210,7 +334,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.size_gb <= 0:
         raise ConfigError("--size-gb: give a positive size")
     geo = cfg.geometry
-    params = StorageTier.Params(path=args.cache_dir)
+    spec = next((t for t in cfg.tiers if t.kind == "storage"), None)   # allow_memory (tmpfs)
+    params = StorageTier.Params(path=args.cache_dir,
+                                allow_memory=bool(spec and spec.params.allow_memory))
     result = calibrate(params, RankContext(run_id=f"cal{os.getpid()}"), geo.object_bytes, cfg.io.io_depth,
                        int(args.size_gb * 1e9))
     if args.json:
@@ -220,6 +346,28 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
               f" write {result['write_gbps']:.3f} GB/s, read {result['read_gbps']:.3f} GB/s"
               f" with {result['block_bytes'] / 2**20:.2f} MiB blocks, depth {result['io_depth']}")
     return 0
+
+
+def cmd_checkpoint(args: argparse.Namespace, argv: list[str]) -> int:
+    from mpi_kvbench import config as cfgmod
+    from mpi_kvbench.checkpoint import settings
+    from mpi_kvbench.checkpoint.run import execute
+
+    section = dict((cfgmod.read_yaml(args.config).get("checkpoint") or {}) if args.config else {})
+    overs = [cfgmod.parse_set(item) for item in args.set]
+    for item, over in zip(args.set, overs, strict=True):
+        if set(over) != {"checkpoint"}:
+            raise ConfigError(f"--set {item!r}: the checkpoint command takes checkpoint.KEY=VALUE")
+    overs += [{"checkpoint": {f: getattr(args, f)}} for f in ("target", "size_gb", "path",
+                                                              "results_dir", "run_name")
+              if getattr(args, f) is not None]
+    for over in overs:   # settings.build checks every key; s3 keys merge one by one
+        for key, value in over["checkpoint"].items():
+            old = section.get(key)
+            section[key] = {**old, **value} if isinstance(old, dict) and isinstance(value, dict) \
+                else value
+    s = settings.build(section)
+    return execute(s, shlex.join(["python", "-m", "mpi_kvbench", *argv]))
 
 
 def cmd_suite(args: argparse.Namespace, argv: list[str]) -> int:
@@ -282,7 +430,20 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     from mpi_kvbench.run import execute
 
     cfg = cfgmod.load(args.config, overrides(args))
-    return execute(cfg, shlex.join(["python", "-m", "mpi_kvbench", *argv]))
+    return execute(cfg, shlex.join(["python", "-m", "mpi_kvbench", *argv]), quiet=args.quiet)
+
+
+def one_line(err: BaseException) -> str:
+    """The message on one line: control characters from the user's input escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(err))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mpi_kvbench.export import export
+
+    for path in export(args.runs, args.csv, args.xlsx, force=args.force, overwrite=args.overwrite):
+        print(path)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -290,14 +451,24 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
     parser = build_parser()
     try:
-        plain = not argv or argv[0] not in ("run", "models", "calibrate", "-h", "--help",
-                                            "--version", "suite", "datasize", "sweep",
-                                            "autoscale")
-        args = parser.parse_args(["run", *argv] if plain else argv)   # run is the default
+        plain = not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version")
+        # help and version: once under mpirun, from rank 0
+        hush = contextlib.redirect_stdout(io.StringIO()) if launch_rank() else contextlib.nullcontext()
+        try:
+            with hush:
+                args = parser.parse_args(["run", *argv] if plain else argv)   # run is the default
+        except SystemExit as done:   # --help, --version
+            return done.code if isinstance(done.code, int) else 0
         if args.command == "models":
             return cmd_models(args)
+        if args.command == "configs":
+            return cmd_configs()
         if args.command == "calibrate":
             return cmd_calibrate(args)
+        if args.command == "export":
+            return cmd_export(args)
+        if args.command == "checkpoint":
+            return cmd_checkpoint(args, argv)
         if args.command == "suite":
             return cmd_suite(args, argv)
         if args.command == "datasize":
@@ -309,9 +480,9 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(args, argv)
     except ConfigError as err:
         if launch_rank() == 0:
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     except RunFailed as err:   # every rank agreed on it; rank 0 says it
         if launch_rank() == 0:
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {one_line(err)}", file=sys.stderr)
         return err.status

@@ -11,7 +11,9 @@ configuration has been validated.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import string
 from dataclasses import dataclass, field
 from importlib import resources
@@ -20,18 +22,43 @@ from typing import Any
 
 import yaml
 
+from mpi_kvbench.context import system_dir
 from mpi_kvbench.errors import ConfigError
 from mpi_kvbench.layout import Geometry
 from mpi_kvbench.metrics import PERCENTILES
 from mpi_kvbench.models import MLA_MODES, ModelSpec, resolve
-from mpi_kvbench.params import build_dataclass, choice, non_negative, positive, unknown
-from mpi_kvbench.registry import POLICIES, TIERS, WORKLOADS
+from mpi_kvbench.params import (
+    at_most,
+    build_dataclass,
+    choice,
+    clean,
+    did_you_mean,
+    non_negative,
+    positive,
+    unknown,
+)
+from mpi_kvbench.registry import POLICIES, TIERS, WORKLOADS, Registry
 from mpi_kvbench.results import validation
 
-TIER_LEVELS = ("hbm", "dram", "storage")
+TIER_LEVELS = ("hbm", "dram", "object", "storage")
 PATH_FIELDS = {"{rank}", "{local_rank}", "{node}", "{host}", "{group}", "{run_id}"}
-UNSAFE_ROOTS = ("/etc", "/usr", "/bin", "/sbin", "/boot", "/proc", "/sys", "/dev", "/lib",
-                "/lib32", "/lib64", "/libx32", "/run", "/var/lib", "/var/run", "/snap")
+QOS_CLASSES = ("interactive", "responsive", "batch")   # as workloads/qos.py draws them
+MAX_CAPACITY_GB = 1e6      # a petabyte per rank: above any real tier, below an overflow
+
+
+class Loader(yaml.SafeLoader):
+    """YAML as written today: ``1e9`` and ``1e-5`` are numbers (YAML 1.1 wants a dot, as in
+    ``1.0e+9``, and reads them as strings otherwise)."""
+
+
+Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def parse_yaml(text: Any) -> Any:
+    return yaml.load(text, Loader=Loader)   # noqa: S506 - a SafeLoader subclass
 
 
 @dataclass(frozen=True)
@@ -52,7 +79,7 @@ class RunSection:
     validation_tolerance: float
 
     def check(self) -> None:
-        non_negative(self, "run", ("duration_s", "max_requests", "warmup_s", "watchdog_s",
+        non_negative(self, "run", ("duration_s", "max_requests", "warmup_s", "watchdog_s", "seed",
                                    "precondition_device_fills"))
         positive(self, "run", ("calibrate_gb",))
         if not 0 <= self.precondition <= 1:
@@ -88,6 +115,7 @@ class KVSection:
 
     def check(self) -> None:
         positive(self, "kv", ("chunk_tokens", "tensor_parallel"))
+        at_most(self, "kv", {"chunk_tokens": 1 << 20, "tensor_parallel": 1 << 16})
         choice(self, "kv", "mla_mode", MLA_MODES)
         choice(self, "kv", "layout", ("chunk", "layer"))
 
@@ -114,6 +142,8 @@ class EngineSection:
         non_negative(self, "engine", ("prefill_groups",))
         choice(self, "engine", "promotion", ("none", "hbm"))
         positive(self, "engine", ("decode_batch",))
+        at_most(self, "engine", {"max_batch": 1 << 16, "decode_batch": 1 << 20,
+                                 "prefill_groups": 1 << 16})
         non_negative(self, "engine", ("prefill_tokens_per_s", "time_per_output_token_ms"))
         if not 0 < self.low_watermark <= self.high_watermark <= 1:
             raise ConfigError(
@@ -129,6 +159,7 @@ class IOSection:
 
     def check(self) -> None:
         positive(self, "io", ("io_depth",))
+        at_most(self, "io", {"io_depth": 1024})   # one thread each
         choice(self, "io", "payload", ("fresh", "reuse"))
 
 
@@ -142,12 +173,15 @@ class QosSection:
     def check(self) -> None:
         choice(self, "qos", "metric", ("e2e", "prefill_storage"))
         for cls, targets in self.targets_ms.items():
+            if cls not in QOS_CLASSES:
+                raise ConfigError(f"qos.targets_ms.{cls}: unknown QoS class;"
+                                  f" {did_you_mean(cls, QOS_CLASSES)}")
             if not isinstance(targets, dict):
                 raise ConfigError(f"qos.targets_ms.{cls}: expected a mapping like {{p95: 50, p99: 100}}")
             for pct, ms in targets.items():
                 if pct not in PERCENTILES:
                     raise unknown(f"qos.targets_ms.{cls}.{pct}", pct, PERCENTILES)
-                if isinstance(ms, bool) or not isinstance(ms, int | float) or ms <= 0:
+                if isinstance(ms, bool) or not isinstance(ms, int | float) or not 0 < ms < math.inf:
                     raise ConfigError(f"qos.targets_ms.{cls}.{pct}={ms!r}: give a target in ms > 0")
 
 
@@ -201,16 +235,40 @@ TOP_KEYS = (*SECTIONS, "models", "workload", "tiers")
 
 def default_dict() -> dict:
     text = resources.files("mpi_kvbench").joinpath("default.yaml").read_text()
-    return yaml.safe_load(text)
+    return parse_yaml(text)
+
+
+def shipped_configs() -> dict[str, Any]:
+    """The workload files installed with the package, by name (``mlperf-option1``)."""
+    folder = resources.files("mpi_kvbench").joinpath("configs")
+    return {f.name.removesuffix(".yaml"): f for f in sorted(folder.iterdir(), key=lambda f: f.name)
+            if f.name.endswith(".yaml")} if folder.is_dir() else {}
 
 
 def read_yaml(path: str) -> dict:
+    """A YAML file by path, or a shipped config by name (``--config mlperf-option1``)."""
+    if "\0" in path:
+        raise ConfigError(f"--config {path!r}: holds a NUL byte; remove it")
+    shipped = shipped_configs()
+    if not os.path.exists(path) and os.sep not in path and path.removesuffix(".yaml") in shipped:
+        text = shipped[path.removesuffix(".yaml")].read_text()
+    else:
+        try:
+            with open(path, "rb") as fh:
+                text = fh.read().decode()
+        except FileNotFoundError:
+            raise ConfigError(f"--config {path}: no such file; give the path of a YAML file or a"
+                              f" shipped config ({did_you_mean(path, shipped)}; see `python -m"
+                              " mpi_kvbench configs`)") from None
+        except IsADirectoryError:
+            raise ConfigError(f"--config {path}: is a directory; give the path of a YAML file") from None
+        except OSError as exc:
+            raise ConfigError(f"--config {path}: cannot read it ({exc.strerror})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"--config {path}: is not UTF-8 text; give a YAML file") from None
     try:
-        with open(path) as fh:
-            data = yaml.safe_load(fh) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"--config {path}: no such file; give the path of a YAML file") from None
-    except yaml.YAMLError as exc:
+        data = parse_yaml(text) or {}
+    except (yaml.YAMLError, RecursionError) as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"--config {path}:{where} is not valid YAML; fix the syntax") from None
@@ -260,8 +318,8 @@ def parse_set(item: str) -> dict:
     for part in parts[:-1]:
         node = node.setdefault(part, {})
     try:
-        parsed = yaml.safe_load(value) if value else ""
-    except yaml.YAMLError:
+        parsed = parse_yaml(value) if value else ""
+    except (yaml.YAMLError, RecursionError):
         parsed = value
     node[parts[-1]] = value if parsed is None else parsed   # "null" is the null tier, not None
     return out
@@ -281,6 +339,14 @@ def validate(raw: dict) -> Config:
     for key in raw:
         if key not in TOP_KEYS:
             raise unknown(key, key, TOP_KEYS)
+    clean(raw, "config")  # NaN, infinity, NUL and 64-bit overflow, wherever they hide
+    for key in TOP_KEYS:
+        if raw.get(key) is not None and not isinstance(raw[key], dict):
+            raise ConfigError(f"{key}={raw[key]!r}: expected a mapping of settings")
+    for level, sec in (raw.get("tiers") or {}).items():
+        if sec is not None and not isinstance(sec, dict):
+            raise ConfigError(f"tiers.{level}={sec!r}: expected a mapping like"
+                              " {kind: storage, capacity_gb: 4}")
     sections = {name: build_dataclass(cls, raw.get(name) or {}, name)
                 for name, cls in SECTIONS.items()}
     for sec in sections.values():
@@ -292,7 +358,7 @@ def validate(raw: dict) -> Config:
 
     wl = dict(raw.get("workload") or {})
     wl_kind = wl.pop("kind", "synthetic")
-    workload = WORKLOADS.params(_kind(wl_kind, "workload.kind"), wl, "workload")
+    workload = WORKLOADS.params(_kind(wl_kind, "workload.kind", WORKLOADS), wl, "workload")
 
     tiers_raw = raw.get("tiers") or {}
     if not isinstance(tiers_raw, dict):
@@ -302,11 +368,15 @@ def validate(raw: dict) -> Config:
         if level not in TIER_LEVELS:
             raise unknown(f"tiers.{level}", level, TIER_LEVELS)
         sec = dict(sec or {})
-        kind = _kind(sec.pop("kind", level), f"tiers.{level}.kind")
+        kind = _kind(sec.pop("kind", level), f"tiers.{level}.kind", TIERS)
         cap = sec.pop("capacity_gb", 0)
-        if isinstance(cap, bool) or not isinstance(cap, int | float) or cap < 0:
-            raise ConfigError(f"tiers.{level}.capacity_gb={cap!r}: give a size in GB >= 0")
+        if isinstance(cap, bool) or not isinstance(cap, int | float) or not 0 <= cap <= MAX_CAPACITY_GB:
+            raise ConfigError(f"tiers.{level}.capacity_gb={cap!r}: give a size in GB from 0 to"
+                              f" {MAX_CAPACITY_GB:g}")
         params = TIERS.params(kind, sec, f"tiers.{level}")
+        if cap > 0 and int(cap * 1e9) == 0:
+            raise ConfigError(f"tiers.{level}.capacity_gb={cap!r}: less than one byte; give 0 (off)"
+                              " or a real size")
         if cap > 0:
             tiers.append(TierSpec(level, kind, int(cap * 1e9), params))
     tiers.sort(key=lambda t: TIER_LEVELS.index(t.level))
@@ -322,7 +392,7 @@ def validate(raw: dict) -> Config:
         if getattr(t.params, "path", ""):
             check_path(t.params.path, f"tiers.{t.level}.path")
     engine = sections["engine"]
-    policy = POLICIES.params(_kind(engine.policy, "engine.policy"), engine.policy_params,
+    policy = POLICIES.params(_kind(engine.policy, "engine.policy", POLICIES), engine.policy_params,
                              "engine.policy_params")
     return Config(run=run, model=model, kv=kv, engine=engine, io=sections["io"],
                   qos=sections["qos"], workload_kind=wl_kind, workload=workload,
@@ -337,14 +407,15 @@ def check_path(template: str, name: str) -> None:
         raise ConfigError(
             f"{name}={template!r}: unknown placeholder {sorted(bad)[0]}; valid: "
             + ", ".join(sorted(PATH_FIELDS)))
+    if "\0" in template:
+        raise ConfigError(f"{name}={template!r}: holds a NUL byte; remove it")
     fixed = template.split("{", 1)[0]
     if not fixed:
         fixed = "."
-    # realpath: "//etc" and a symlink into /etc are /etc
+    # realpath: "//etc" and a symlink into /etc are /etc. Each rank checks its expanded
+    # path again when it opens its tier ({rank}/.. and per-rank symlinks).
     path = Path(os.path.realpath(os.path.expanduser(fixed)))
-    unsafe = str(path) == "/" or any(
-        str(path) == root or str(path).startswith(root + "/") for root in UNSAFE_ROOTS)
-    if unsafe:
+    if system_dir(str(path)) or system_dir(os.path.realpath(os.path.expanduser(_sample(template)))):
         raise ConfigError(f"{name}={template!r} is a system directory; choose a directory of your own")
     probe = path
     try:
@@ -357,7 +428,15 @@ def check_path(template: str, name: str) -> None:
                           " choose one you can write")
 
 
-def _kind(value: Any, where: str) -> str:
+def _sample(template: str) -> str:
+    """The template as rank 0 of a run would expand it: catches ``{rank}/../../etc``."""
+    return template.format(**{f.strip("{}"): "0" for f in PATH_FIELDS})
+
+
+def _kind(value: Any, where: str, registry: Registry) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{where}={value!r}: expected a plug-in name")
+    if value not in registry.names():
+        raise ConfigError(f"{where}={value!r}: unknown {registry.kind} plug-in;"
+                          f" {did_you_mean(value, registry.names())}")
     return value

@@ -7,6 +7,16 @@ import socket
 import tempfile
 from dataclasses import dataclass
 
+#: Where a run never puts files, checked on the real path (symlinks resolved).
+UNSAFE_ROOTS = ("/etc", "/usr", "/bin", "/sbin", "/boot", "/proc", "/sys", "/dev", "/lib",
+                "/lib32", "/lib64", "/libx32", "/run", "/var/lib", "/var/run", "/snap")
+
+
+def system_dir(real_path: str) -> bool:
+    """``real_path`` (already through ``os.path.realpath``) is / or inside a system folder."""
+    return real_path == "/" or any(real_path == root or real_path.startswith(root + "/")
+                                   for root in UNSAFE_ROOTS)
+
 
 @dataclass(frozen=True)
 class RankContext:

@@ -2,7 +2,9 @@
 
 The first signal only sets a flag; the run's stop check reads it between requests (and
 while waiting), tells the other ranks, and the run then reduces what it measured and
-writes a result marked incomplete. A second signal leaves at once: the ``leave`` hook
+writes a result marked incomplete. A second signal (one second or more after the first:
+launchers deliver one signal by several paths at once, e.g. a kill of the process group
+that mpirun also forwards) leaves at once: the ``leave`` hook
 removes what the run still has named on disk and the process exits with 128 + the
 signal's number, the shell's convention (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP).
 
@@ -15,10 +17,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from types import FrameType
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+SAME_SIGNAL_S = 1.0    # copies of one signal arriving this close together count once
 
 
 def status(signum: int) -> int:
@@ -35,6 +39,7 @@ class Interrupts:
 
     def __init__(self, leave: Callable[[], None] = lambda: None) -> None:
         self.received = 0                  # the first signal's number; 0: none yet
+        self._first_at = 0.0
         self.leave = leave                 # removes scratch before a hard exit
         self._previous: dict[int, object] = {}
 
@@ -50,7 +55,9 @@ class Interrupts:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if not self.received:
-            self.received = signum
+            self.received, self._first_at = signum, time.monotonic()
+            return
+        if time.monotonic() - self._first_at < SAME_SIGNAL_S:
             return
         try:   # a second signal: no more waiting
             self.leave()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mpi_kvbench.errors import ConfigError
-from mpi_kvbench.params import did_you_mean
+from mpi_kvbench.params import coerce, did_you_mean
 
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1}
 MLA_MODES = ("replica_per_rank", "one_writer")
@@ -87,6 +87,7 @@ CATALOGUE: dict[str, ModelSpec] = {
     )
 }
 
+MAX_DIM = 1 << 20    # layers, heads, head size: far above any model, far below an overflow
 _FIELDS = {
     "layers": int, "kind": str, "kv_heads": int, "head_dim": int,
     "kv_lora_rank": int, "qk_rope_head_dim": int, "dtype": str,
@@ -100,8 +101,10 @@ def user_model(name: str, section: dict) -> ModelSpec:
     for key, value in section.items():
         if key not in _FIELDS:
             raise ConfigError(f"models.{name}.{key}: unknown field; valid: {', '.join(_FIELDS)}")
-        if not isinstance(value, _FIELDS[key]) or isinstance(value, bool):
-            raise ConfigError(f"models.{name}.{key}: expected {_FIELDS[key].__name__}, got {value!r}")
+        value = coerce(value, _FIELDS[key], f"models.{name}.{key}")   # 1e3 is an int here too
+        section = {**section, key: value}
+        if _FIELDS[key] is int and value > MAX_DIM:
+            raise ConfigError(f"models.{name}.{key}={value}: too large; give at most {MAX_DIM:,}")
     kind = section.get("kind", "mla" if "kv_lora_rank" in section else "gqa")
     if kind not in ("mha", "gqa", "mla"):
         raise ConfigError(f"models.{name}.kind={kind!r}: use mha, gqa or mla")

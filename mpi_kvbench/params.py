@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Iterable
@@ -56,19 +57,68 @@ def build_dataclass(cls: type, section: Any, where: str) -> Any:
     return obj
 
 
+#: The largest integer any setting takes: what a C ``int64`` holds (seeds, counts, sizes).
+INT_MAX = 2**63 - 1
+
+
 def coerce(value: Any, hint: Any, where: str) -> Any:
-    """``value`` as the type ``hint`` names (int is accepted for float), or a ConfigError."""
+    """``value`` as the type ``hint`` names (int is accepted for float, an integral float
+    such as ``1e9`` for int), or a ConfigError. Numbers must be finite and integers fit in
+    64 bits; strings, mapping keys and values must hold no NUL byte."""
     kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None and type(None) in kinds:
         return None
     if isinstance(value, bool) and bool not in kinds:
         raise ConfigError(f"{where}={value!r}: expected {_hint_name(kinds)}, not a boolean")
     for kind in kinds:
-        if kind is float and isinstance(value, int | float):
-            return float(value)
-        if kind in (int, str, bool, dict) and isinstance(value, kind):
-            return value
+        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return finite(value, where)
+        if kind is int and isinstance(value, float) and value.is_integer() and bool not in kinds:
+            return bounded(int(value), where)
+        if kind in (int, str, bool, dict, list) and isinstance(value, kind):
+            return clean(value, where)
     raise ConfigError(f"{where}={value!r}: expected {_hint_name(kinds)}")
+
+
+def finite(value: Any, where: str) -> float:
+    """``value`` as a finite float; NaN and infinity compare false to every bound, so
+    they are refused here, before any range check could let them through."""
+    try:
+        out = float(value)
+    except OverflowError:
+        out = math.inf
+    if not math.isfinite(out):
+        raise ConfigError(f"{where}={value!r}: give a finite number")
+    return out
+
+
+def bounded(value: int, where: str) -> int:
+    if not -INT_MAX <= value <= INT_MAX:
+        raise ConfigError(f"{where}={value}: too large; give a number below 2**63")
+    return value
+
+
+def clean(value: Any, where: str) -> Any:
+    """Checks a value read from a config, recursively: finite numbers, 64-bit integers,
+    no NUL byte in a string (the OS cuts a path there, or refuses it)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return bounded(value, where)
+    if isinstance(value, float):
+        return finite(value, where)
+    if isinstance(value, str):
+        if "\0" in value:
+            raise ConfigError(f"{where}={value!r}: holds a NUL byte; remove it")
+        return value
+    if isinstance(value, dict):
+        for k, v in value.items():
+            clean(k, f"{where}.{k}")
+            clean(v, f"{where}.{k}")
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            clean(v, f"{where}[{i}]")
+    return value
 
 
 def _hint_name(kinds: tuple) -> str:
@@ -77,13 +127,13 @@ def _hint_name(kinds: tuple) -> str:
 
 def positive(obj: Any, section: str, names: Iterable[str]) -> None:
     for n in names:
-        if getattr(obj, n) <= 0:
+        if not getattr(obj, n) > 0:   # NaN too
             raise ConfigError(f"{section}.{n}={getattr(obj, n)!r}: must be greater than 0")
 
 
 def non_negative(obj: Any, section: str, names: Iterable[str]) -> None:
     for n in names:
-        if getattr(obj, n) < 0:
+        if not getattr(obj, n) >= 0:   # NaN too
             raise ConfigError(f"{section}.{n}={getattr(obj, n)!r}: must not be negative")
 
 
@@ -91,3 +141,11 @@ def choice(obj: Any, section: str, name: str, valid: Iterable[str]) -> None:
     valid = tuple(valid)
     if getattr(obj, name) not in valid:
         raise ConfigError(f"{section}.{name}={getattr(obj, name)!r}: use one of {', '.join(valid)}")
+
+
+def at_most(obj: Any, section: str, limits: dict[str, float]) -> None:
+    """Upper bounds where a larger value would exhaust threads, memory or integer ranges
+    long after the configuration was accepted."""
+    for n, limit in limits.items():
+        if getattr(obj, n) > limit:
+            raise ConfigError(f"{section}.{n}={getattr(obj, n)!r}: too large; give at most {limit:,}")

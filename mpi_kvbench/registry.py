@@ -33,7 +33,7 @@ class Registry:
 
     def load(self, name: str) -> type:
         """Imports a plug-in class and checks that it has every required operation."""
-        if name not in self._targets:
+        if not isinstance(name, str) or name not in self._targets:
             raise ConfigError(f"unknown {self.kind} {name!r}; {did_you_mean(name, self.names())}")
         module_name, _, attr = self._targets[name].partition(":")
         try:
@@ -64,6 +64,7 @@ TIERS = Registry(
         "dram": "mpi_kvbench.tiers.dram:DramTier",
         "storage": "mpi_kvbench.tiers.storage:StorageTier",
         "null": "mpi_kvbench.tiers.null:NullTier",
+        "s3": "mpi_kvbench.tiers.s3:S3Tier",
     },
     required=("open", "read", "write", "close", "info"),
 )

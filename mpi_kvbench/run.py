@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from mpi_kvbench import __version__
 from mpi_kvbench.calibrate import calibrate
 from mpi_kvbench.config import Config
 from mpi_kvbench.context import RankContext
+from mpi_kvbench.devstats import DeviceWindow
 from mpi_kvbench.distribute import replica_requests
 from mpi_kvbench.engine import Engine, EngineSettings, StopReason, disagg
 from mpi_kvbench.engine.fill import Filled, fill_device
@@ -34,14 +36,14 @@ from mpi_kvbench.errors import CONFIG, FAILED, OK, ConfigError, RunFailed
 from mpi_kvbench.interrupt import Interrupts
 from mpi_kvbench.interrupt import name as signal_name
 from mpi_kvbench.interrupt import status as signal_status
-from mpi_kvbench.mpi.comm import Comm, topology, world
+from mpi_kvbench.mpi.comm import Comm, check_launch, topology, world
 from mpi_kvbench.mpi.reduce import collect, group_latency
-from mpi_kvbench.progress import FillProgress, Progress
+from mpi_kvbench.progress import Console, Progress
 from mpi_kvbench.registry import POLICIES, WORKLOADS
 from mpi_kvbench.results import validation
 from mpi_kvbench.results.collected import Collected
 from mpi_kvbench.results.hdf5 import attributes, write_hdf5, write_summary
-from mpi_kvbench.results.summary import RunFacts, render, summarize
+from mpi_kvbench.results.summary import VERIFY_FAILED, RunFacts, render, summarize, verify_failure
 from mpi_kvbench.tiers import open_tiers
 from mpi_kvbench.tiers.base import Tier
 from mpi_kvbench.workloads.base import Request
@@ -102,7 +104,9 @@ class Run:
     workload: Any = None
     requests: Iterator[Request] = iter(())
     calibration: list | None = None
+    console: Console = field(default_factory=lambda: Console(False))   # rank 0's live output
     signals: Interrupts = field(default_factory=Interrupts)
+    devices: DeviceWindow | None = None   # the first rank of a node: its storage disks' counters
     filled: Filled | None = None          # this rank's device fill (run.precondition_device_fills)
 
     @property
@@ -121,11 +125,13 @@ class Phase:
     interrupted: bool = False             # ... a signal, not a failure
 
 
-def execute(cfg: Config, command_line: str) -> int:
+def execute(cfg: Config, command_line: str, quiet: bool = False) -> int:
     """Runs the benchmark on every rank; returns the process exit status."""
     comm = world()
+    check_launch(comm.size, dict(os.environ))
     with Interrupts() as signals:
         run = _start(cfg, comm, command_line)
+        run.console = Console(comm.rank == 0 and not quiet)
         run.signals = signals
         signals.leave = functools.partial(_forget, run)
         comm.watch(lambda: signals.received and f"{signal_name(signals.received)} on rank {comm.rank}")
@@ -207,13 +213,19 @@ def _set_up(run: Run) -> None:
     cfg, comm, ctx = run.cfg, run.comm, run.ctx
     one_writer = cfg.model.kind == "mla" and cfg.kv.mla_mode == "one_writer" and ctx.tp_size > 1
     object_bytes = cfg.geometry.object_bytes
+    say = run.console.line
+    say(f"set-up: {comm.size} ranks, opening tiers, reading the workload")
     exc = None
     try:
         run.workload = WORKLOADS.load(cfg.workload_kind)(cfg.workload, cfg.run.seed)
         if comm.rank == 0:   # reads a trace's first pass: a bad one fails before any tier opens
+            if getattr(cfg.workload, "trace", ""):
+                say(f"trace: reading {cfg.workload.trace}")
+                run.workload.on_progress = run.console.bar("trace")
             check_window(run.workload.info(), cfg)
         storage = [t for t in cfg.tiers if t.kind == "storage"]
         if cfg.run.calibrate and storage:
+            say(f"calibration: {cfg.run.calibrate_gb:g} GB per rank, written then read")
             comm.barrier()   # every rank calibrates at once, as they will run
             run.calibration = calibrate(
                 storage[0].params, ctx, object_bytes, cfg.io.io_depth,
@@ -225,6 +237,8 @@ def _set_up(run: Run) -> None:
     agree(comm, exc, run.signals)
     for tier in run.tiers:   # a TP group's ranks must plan alike: the smallest capacity rules
         tier.limit_capacity(run.group.allreduce(tier.capacity_bytes, "min"))
+    _say_capped(run)
+    run.devices = _device_window(run)
     try:
         k = cfg.engine.prefill_groups
         write_level = 0
@@ -245,6 +259,31 @@ def _set_up(run: Run) -> None:
     for tier in run.tiers:
         tier.cleanup()
     run.calibration = comm.gather(run.calibration)
+    _banner(run)
+
+
+def _banner(run: Run) -> None:
+    """Rank 0's live summary of what will run: ranks, nodes, model, tiers, paths, file systems."""
+    if not run.console.enabled:
+        return
+    cfg, ctx = run.cfg, run.ctx
+    say = run.console.line
+    say(f"mpi_kvbench {__version__}: {ctx.world_size} ranks on {ctx.nodes} node(s), TP"
+        f" {ctx.tp_size} x {ctx.replicas}, model {cfg.model.name},"
+        f" {cfg.geometry.object_bytes / 1e6:.2f} MB objects, workload {cfg.workload_kind}")
+    for tier in run.tiers:
+        info = tier.info()
+        where = f" at {info['path']}" if info.get("path") else ""
+        fs = f" ({info['fs_type']})" if info.get("fs_type") else ""
+        say(f"tier {tier.level}: {tier.name}, {tier.capacity_bytes / 1e9:.3f} GB per rank,"
+            f" {tier.slots} slots{where}{fs}")
+    skips = getattr(run.workload, "_skips", None)
+    if skips:
+        say("trace rows skipped: " + ", ".join(f"{n} x {why}" for why, n in skips.most_common()))
+    stop = [f"{cfg.run.duration_s:g} s" if cfg.run.duration_s else "",
+            f"{cfg.run.max_requests} requests per TP group" if cfg.run.max_requests else ""]
+    say(f"results: {os.path.abspath(run.out_dir)}; stops after "
+        + (" or ".join(x for x in stop if x) or "the trace ends"))
 
 
 MAX_SPAN_S = 86_400   # a replay longer than a day at --duration 0 is a mistake, not a plan
@@ -272,7 +311,10 @@ def _measure(run: Run) -> Phase:
         if run.cfg.run.precondition_device_fills > 0:
             _fill_device(run)
         if run.cfg.run.precondition > 0:
-            run.engine.precondition(run.cfg.run.precondition, stop=run.comm.stop_requested)
+            run.console.line(f"preconditioning: filling {run.cfg.run.precondition:.0%} of the"
+                             " storage tier (not measured)")
+            run.engine.precondition(run.cfg.run.precondition, stop=run.comm.stop_requested,
+                                    progress=run.console.bar("preconditioning (rank 0, objects)"))
         _warm_up(run)
         start = time.perf_counter_ns()
         phase = _measured_phase(run)
@@ -295,17 +337,17 @@ def _fill_device(run: Run) -> None:
         return
     tier, fills = storage[0], run.cfg.run.precondition_device_fills
     run.comm.barrier()
-    if run.comm.rank == 0:
-        print(f"precondition: writing {fills:g} x {tier.slots * tier.object_bytes / 1e9:.3f} GB"
-              f" per rank sequentially, {run.comm.size} ranks", flush=True)
+    run.console.line(f"device fill: writing {fills:g} x {tier.slots * tier.object_bytes / 1e9:.3f} GB"
+                     f" per rank sequentially, {run.comm.size} ranks (not measured)")
     run.filled = fill_device(tier, fills, run.cfg.io.io_depth, stop=run.comm.stop_requested,
-                             progress=FillProgress(run.comm.rank == 0, tier.object_bytes))
+                             progress=run.console.bar("device fill (rank 0, blocks)"))
 
 
 def _warm_up(run: Run) -> None:
     """Serves requests, unmeasured, for ``run.warmup_s`` seconds (fills the cache)."""
     if run.cfg.run.warmup_s <= 0:
         return
+    run.console.line(f"warm-up: {run.cfg.run.warmup_s:g} s, not measured")
     run.comm.barrier()
     t0 = time.perf_counter_ns()
     run.engine.start_phase(t0)
@@ -317,10 +359,14 @@ def _measured_phase(run: Run) -> Phase:
     """Every rank starts at one barrier and serves until its share, the deadline or a stop."""
     cfg, comm, engine = run.cfg, run.comm, run.engine
     comm.quiet_barrier()
+    if run.devices is not None:
+        run.devices.start()
     start, wall_start = time.perf_counter_ns(), time.time_ns()
     engine.start_phase(start)
     deadline = start + int(cfg.run.duration_s * 1e9) if cfg.run.duration_s else None
-    progress = Progress(comm.rank == 0, start, cfg.run.duration_s)
+    run.console.line("measured phase: started" + (f", {cfg.run.duration_s:g} s"
+                                                   if cfg.run.duration_s else ""))
+    progress = Progress(run.console, start, cfg.run.duration_s)
     if run.decode:
         why = disagg.decode_loop(engine, comm, cfg.engine.prefill_groups)
     else:
@@ -330,6 +376,7 @@ def _measured_phase(run: Run) -> Phase:
         run.handoff.finish()
     elapsed = time.perf_counter_ns() - start
     progress.done()
+    run.console.line(f"measured phase: done on rank 0 after {elapsed / 1e9:.1f} s; collecting results")
     if why is StopReason.SHARE and cfg.run.stonewall:
         comm.notify_stop("stonewall")
     engine.end_phase()
@@ -342,8 +389,11 @@ def _reduce(run: Run, phase: Phase) -> Collected | None:
     """Every rank's figures to rank 0 (None elsewhere)."""
     comm, engine = run.comm, run.engine
     comm.quiet_barrier()
+    if run.devices is not None:   # every rank's I/O of the window is done
+        run.devices.stop()
     group_latency(run.group, engine.recorder.log, engine.metrics)
     env = describe(run.ctx, comm.library, [t.info() for t in run.tiers])
+    env["device_io"] = run.devices.result() if run.devices is not None else None
     data = collect(comm, engine.metrics, phase.elapsed_ns, env, phase.error)
     phase.wall_ns = (comm.allreduce(phase.wall_ns[0], "min"), comm.allreduce(phase.wall_ns[1], "max"))
     run.filled = comm.gather(run.filled)   # per rank, on rank 0
@@ -380,8 +430,7 @@ def _report(run: Run, data: Collected | None, phase: Phase) -> int:
     if comm.rank != 0:
         return comm.bcast(None)
     try:
-        if not _write(run, data, phase):
-            status = status or FAILED
+        status = status or _write(run, data, phase)
     except BaseException as err:   # noqa: BLE001 - the others wait for the status below
         print(f"error: rank 0: {type(err).__name__}: {err}", file=sys.stderr)
         status = status or FAILED
@@ -402,7 +451,7 @@ def facts(run: Run) -> RunFacts:
         workload=cfg.workload_kind, workload_info=run.workload.info(), payload_mode=cfg.io.payload,
         tiers=[t.level for t in run.tiers], calibration=list(run.calibration or []),
         prefill_groups=cfg.engine.prefill_groups, stonewall=cfg.run.stonewall,
-        qos_metric=cfg.qos.metric, qos_targets_ms=cfg.qos.targets_ms,
+        qos_metric=cfg.qos.metric, qos_targets_ms=cfg.qos.targets_ms, verify=cfg.io.verify,
         device_fill=device_fill(cfg.run.precondition_device_fills, cfg.geometry.object_bytes,
                                 run.filled))
 
@@ -420,10 +469,11 @@ def device_fill(fills: float, block_bytes: int, per_rank: list[Filled | None] | 
             "bytes_per_rank": [f.bytes for f in done]}
 
 
-def _write(run: Run, data: Collected, phase: Phase) -> bool:
+def _write(run: Run, data: Collected, phase: Phase) -> int:
     """Rank 0: the console table first (the numbers survive whatever happens next), then
-    result.h5 and summary.json, in a fallback folder when the results folder fails; False
-    when the result could not be written where it was asked."""
+    result.h5 and summary.json, in a fallback folder when the results folder fails. The
+    status this adds: FAILED when the result is not where it was asked, VERIFY_FAILED when
+    the storage returned wrong data."""
     run_facts = facts(run)
     summary = summarize(data, run_facts)
     checked = _validate(run.cfg, summary)
@@ -453,7 +503,10 @@ def _write(run: Run, data: Collected, phase: Phase) -> bool:
               " that is left", file=sys.stderr)
     for error in data.errors[:1]:
         print(f"error: {error}", file=sys.stderr)
-    return written
+    if summary["verify"]["verdict"] == "fail":
+        print(f"error: verify: {verify_failure(summary['verify'])}", file=sys.stderr)
+        return VERIFY_FAILED
+    return OK if written else FAILED
 
 
 def _validate(cfg: Config, summary: dict) -> dict | None:
@@ -475,3 +528,27 @@ def fallback_dirs(run_id: str) -> list[str]:
     temporary folder (a different file system, most often)."""
     leaf = f"mpi_kvbench-{run_id}"
     return [os.path.join(os.path.expanduser("~"), leaf), os.path.join(tempfile.gettempdir(), leaf)]
+
+
+def _say_capped(run: Run) -> None:
+    """One line on rank 0 per tier that got less than asked beyond rounding down to whole
+    objects (free space, the TP group's smallest), on the rank that got least."""
+    obj = run.cfg.geometry.object_bytes
+    for tier in run.tiers:
+        got = run.comm.allgather((tier.slots, tier.capped))
+        slots, why = min(got, key=lambda g: g[0])
+        if run.comm.rank == 0 and (slots + 1) * obj <= tier.requested_bytes:
+            print(f"warning: tiers.{tier.level}: {tier.requested_bytes / 1e9:g} GB per rank asked,"
+                  f" {slots * obj / 1e9:.3g} GB ({slots} objects) used"
+                  f" ({why or 'the smallest of its TP group'})", file=sys.stderr)
+
+
+def _device_window(run: Run) -> DeviceWindow | None:
+    """The first rank of each node watches the disks behind its node's storage tiers."""
+    mine = [(i["devices"], i["no_device"]) for i in (t.info() for t in run.tiers) if "devices" in i]
+    seen = [s for node, s in run.comm.allgather((run.ctx.node, mine)) if node == run.ctx.node]
+    found = [entry for s in seen for entry in s]
+    if run.ctx.local_rank != 0 or not found:
+        return None
+    devices = sorted({d for devs, _ in found for d in devs})
+    return DeviceWindow(devices, None if devices else found[0][1])

@@ -12,6 +12,11 @@ WRITE's bytes itself (KV born on the GPU) and the pool takes no host payload; a 
 one tier can do in one call (``copy_to``/``copy_from``: HBM to or from a DRAM slot) is
 done so, without the bounce through this thread's pageable buffer; any other copy that
 touches a tier with a ``staging_buffer`` (pinned, for a GPU) bounces through that.
+
+Every read through a host buffer, verify or not, is checked cheaply (``payload.stamped``):
+a short read or an object whose first or last block lacks its stamp is a read of a region
+never written or truncated away. Reads of bytes another rank writes (``crc`` -1: a TP
+group's shared file) and tiers that ignore the bytes (``needs_payload`` False) are not.
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ class Done:
     write_bytes: int
     crc: int             # checksum of the written bytes (verify mode)
     ok: bool             # verify passed (always True when not verifying)
+    stamp_checked: bool = False   # the read's stamps were looked at (verify or not)
+    stamp_ok: bool = True         # ... and the whole object arrived stamped with its key
 
 
 class IOPool:
@@ -182,12 +189,15 @@ class IOPool:
         nread = self.tiers[op.src].read(op.src_slot, buf)
         t1 = clock()
         ok = pl.check(buf, op.key, op.crc) if self.verify and op.crc >= 0 else True
+        checked = op.crc >= 0 and self.tiers[op.src].needs_payload
+        stamp_ok = not checked or (nread >= self.object_bytes
+                                   and pl.stamped(buf, op.key, self.object_bytes))
         if op.kind == READ:
-            return Done(t0, t1, t1 - t0, 0, nread, 0, op.crc, ok)
+            return Done(t0, t1, t1 - t0, 0, nread, 0, op.crc, ok, checked, stamp_ok)
         t2 = clock()
         nwrite = self.tiers[op.dst].write(op.dst_slot, buf)
         t3 = clock()
-        return Done(t0, t3, t1 - t0, t3 - t2, nread, nwrite, op.crc, ok)
+        return Done(t0, t3, t1 - t0, t3 - t2, nread, nwrite, op.crc, ok, checked, stamp_ok)
 
     def close(self, wait: bool = True) -> None:
         """``wait=False`` after a stall: a thread stuck in a device call is left behind."""

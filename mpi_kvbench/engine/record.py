@@ -129,6 +129,10 @@ class Recorder:
                     m.add("verify_mismatches")
                 if self.verify and op.crc >= 0:
                     m.add("verify_checked")
+                if d.stamp_checked:
+                    m.add("stamp_checked")
+                    if not d.stamp_ok:   # a region never written, or truncated away
+                        m.add("stamp_mismatches")
             if op.kind in (WRITE, MOVE):
                 self._io(tiers[op.dst], "write", phase, d.write_ns, d.write_bytes, t)
                 span.setdefault(tiers[op.dst], []).append((d.end - d.write_ns, d.end))

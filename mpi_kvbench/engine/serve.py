@@ -296,7 +296,8 @@ class Engine:
         return True
 
     def precondition(self, share: float, batch: int = 64,
-                     stop: Callable[[], object] = lambda: None) -> int:
+                     stop: Callable[[], object] = lambda: None,
+                     progress: Callable[[int, int], None] | None = None) -> int:
         """Fills the storage tier to ``share`` of its slots with objects no request will
         ever ask for (keys outside the 64-bit chain space), so an SSD is measured in
         steady state and the cache starts full. Not measured; returns objects written.
@@ -312,6 +313,8 @@ class Engine:
             plan = self.cache.place(keys, pinned=set(), level=level)
             self._run_now(Stage("io", "precondition", self._write_ops(plan)))
             written += len(plan.placements)
+            if progress is not None:
+                progress(self.cache.levels[level].used, target)
             if not plan.placements:
                 break
         return written

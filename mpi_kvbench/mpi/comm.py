@@ -256,6 +256,36 @@ def world() -> Comm:
     return MpiComm(MPI.COMM_WORLD)
 
 
+#: Where launchers say how many tasks they started, the closest launcher first: an MPI
+#: process manager's own count (``mpirun -n 1`` inside an 8-task job is one task), then
+#: the Slurm step's, then the job's (a plain ``python`` in an 8-task batch script).
+TASK_COUNT_VARS = ("PMI_SIZE", "PMIX_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE",
+                   "MPI_LOCALNRANKS", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS")
+IGNORE_LAUNCH = "MPI_KVBENCH_IGNORE_LAUNCH"
+
+
+def check_launch(size: int, environ: dict[str, str]) -> None:
+    """Refuses a one-rank MPI world where the launcher started several tasks: each task
+    then runs alone (``srun`` without the right ``--mpi=``, or an MPI library other than
+    the one mpi4py was built with), and N copies of a one-rank run all exit 0."""
+    if size != 1 or environ.get(IGNORE_LAUNCH):
+        return
+    for var in TASK_COUNT_VARS:
+        value = environ.get(var, "")
+        if not value.isdigit():
+            continue
+        if int(value) > 1:
+            slurm = var.startswith("SLURM")
+            fix = ("start it with `srun --mpi=pmix` (or the plug-in `srun --mpi=list` shows that"
+                   " matches mpi4py's MPI)" if slurm else
+                   "start it with the mpirun of the MPI that mpi4py was built with"
+                   " (launch/mpirun.sh does)")
+            raise ConfigError(f"launch: {var}={value} tasks were started but MPI sees a world of one"
+                              f" rank, so each would run alone; {fix}, or set {IGNORE_LAUNCH}=1"
+                              " to run one-rank copies on purpose")
+        return
+
+
 def topology(comm: Comm, tp: int, run_id: str) -> tuple[RankContext, Comm]:
     """This rank's place: TP group (a Split of consecutive ranks), node, local rank.
 

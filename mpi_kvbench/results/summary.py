@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+import yaml
+
 from mpi_kvbench import SCHEMA_VERSION, __version__
+from mpi_kvbench.devstats import compare
 from mpi_kvbench.metrics import PERCENTILES, Histogram
 from mpi_kvbench.results import names
 from mpi_kvbench.results.collected import Collected
@@ -28,6 +32,7 @@ from mpi_kvbench.results.collected import Collected
 # measured phase of the requests in flight (request x ns), and the most in flight at once.
 BATCH_INFLIGHT_NS = "batch.inflight_ns"
 BATCH_MAX_INFLIGHT = "batch.max_inflight"
+VERIFY_FAILED = 3    # exit status: a read returned what was not written (see README)
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,7 @@ class RunFacts:
     stonewall: bool
     qos_metric: str
     qos_targets_ms: dict
+    verify: bool = False             # io.verify: every read checked in full
     device_fill: dict | None = None  # run.precondition_device_fills: bytes, seconds, GB/s
 
 
@@ -115,12 +121,14 @@ def _tier_facts(data: Collected, level: str) -> list[dict[str, Any]]:
 
 def o_direct(data: Collected) -> bool | None:
     """Every storage tier used O_DIRECT (None: no file-backed storage tier)."""
-    storage = [t for t in _tier_facts(data, "storage") if "o_direct" in t]
+    storage = [t for e in data.env for t in e["tiers"] if "o_direct" in t]   # at any level
     return all(t["o_direct"] for t in storage) if storage else None
 
 
 def hbm_emulated(data: Collected) -> bool | None:
-    hbm = _tier_facts(data, "hbm")
+    """The HBM level is emulated in host memory (None: no ``hbm`` plug-in at that level;
+    another plug-in, e.g. ``null`` or ``dram``, may stand there)."""
+    hbm = [t for t in _tier_facts(data, "hbm") if "emulated" in t]
     return any(t["emulated"] for t in hbm) if hbm else None
 
 
@@ -179,6 +187,7 @@ def summarize(data: Collected, run: RunFacts) -> dict[str, Any]:
             float(per_rank(names.tier_counter(tier, "tokens_hit"))[leaders].sum()) * per_s, 2)
         pooled = {op: data.pooled(names.tier_op(tier, op)) for op in names.OPS}
         t["latency_ms"] = {op: {**pcts_ms(h), "mean": mean_ms(h)} for op, h in pooled.items()}
+        t.update(capacity(data, tier, run.object_bytes))
         tiers[tier] = t
 
     lookups = int(per_rank("chunk_lookups")[leaders].sum())
@@ -213,6 +222,7 @@ def summarize(data: Collected, run: RunFacts) -> dict[str, Any]:
         if lookups else None,
         "chunk_lookups": lookups,
         "o_direct": o_direct(data),
+        "storage_memory_backed": memory_backed(data),
         "hbm_emulated": hbm_emulated(data),
         "potential_caching": potential_caching(data),
         "storage_throughput_gbps": round(
@@ -268,15 +278,125 @@ def summarize(data: Collected, run: RunFacts) -> dict[str, Any]:
             if data.elapsed_ns.size else None,
             "last_rank_done_s": round(window_s, 4),
         },
-        "verify": {"checked": data.counter("verify_checked"),
-                   "mismatches": data.counter("verify_mismatches")},
+        "verify": verify(data, run.verify),
+        "device_io": device_io(data),
     }
     if run.device_fill:
         summary["precondition_device_fill"] = run.device_fill
     calibrated = calibration(run.calibration)
     if calibrated:
         summary["calibration"] = calibrated
+    summary["provenance"] = provenance(data, run)
     return summary
+
+
+def provenance(data: Collected, run: RunFacts) -> dict[str, Any]:
+    """What ran, where and when, so summary.json stands alone: the command line, every
+    setting in force, the UTC start and end, hosts, software, and per tier level the
+    plug-in, the capacity per rank, paths and file-system types."""
+    env = data.env
+    tiers: dict[str, Any] = {}
+    for level in run.tiers:
+        facts = _tier_facts(data, level)
+        tiers[level] = {
+            "kind": sorted({t.get("kind") or "?" for t in facts}),
+            "capacity_gb_per_rank": sorted({round(t.get("capacity_bytes", 0) / 1e9, 6) for t in facts}),
+            "slots_per_rank": sorted({t.get("slots", 0) for t in facts}),
+            "paths": [t["path"] for t in facts if t.get("path")],
+            "fs_types": sorted({t["fs_type"] for t in facts if t.get("fs_type")}),
+        }
+    first = env[0] if env else {}
+    return {
+        "command_line": run.command_line,
+        "config": yaml.safe_load(run.config_yaml) if run.config_yaml else None,
+        "start_utc": run.start_time,
+        "end_utc": datetime.now(UTC).isoformat(),
+        "hosts": sorted({e.get("host") for e in env}),
+        "tool_version": __version__,
+        "python": first.get("python"),
+        "mpi_library": first.get("mpi_library"),
+        "packages": first.get("packages"),
+        "tiers": tiers,
+    }
+
+
+def capacity(data: Collected, level: str, object_bytes: int) -> dict[str, Any]:
+    """Per rank, what the config asked of a tier and what the smallest rank used (whole
+    objects, after free space and the TP group's smallest cut it)."""
+    facts = [t for t in _tier_facts(data, level) if "slots" in t]
+    if not facts:   # facts of an older result, or none of this tier
+        return {}
+    slots = min(int(t["slots"]) for t in facts)
+    requested = max(int(t.get("requested_bytes", t["capacity_bytes"])) for t in facts)
+    return {"capacity_gb_requested": round(requested / 1e9, 6),
+            "capacity_gb_used": round(slots * object_bytes / 1e9, 6), "slots": slots}
+
+
+def memory_backed(data: Collected) -> str | None:
+    """The memory file system (tmpfs ...) under a storage tier that allow_memory let through."""
+    kinds = sorted({t["memory_backed"] for t in _tier_facts(data, "storage") if t.get("memory_backed")})
+    return ", ".join(kinds) or None
+
+
+def truncated_slabs(data: Collected) -> int:
+    """Storage slabs shorter at the end of the run than their furthest write."""
+    return sum(1 for t in _tier_facts(data, "storage")
+               if t.get("slab_bytes") is not None and t["slab_bytes"] < t.get("written_end", 0))
+
+
+def verify(data: Collected, enabled: bool) -> dict[str, Any]:
+    """Full checks (``io.verify``), the stamp check of every read, and the slab sizes;
+    ``verdict`` fail when any of them found a read of what was not written."""
+    out = {"enabled": enabled, "checked": data.counter("verify_checked"),
+           "mismatches": data.counter("verify_mismatches"),
+           "stamps_checked": data.counter("stamp_checked"),
+           "stamp_mismatches": data.counter("stamp_mismatches"),
+           "slabs_truncated": truncated_slabs(data)}
+    bad = out["mismatches"] + out["stamp_mismatches"] + out["slabs_truncated"]
+    out["verdict"] = "fail" if bad else "pass" if enabled else "off"
+    return out
+
+
+def verify_failure(v: dict[str, Any]) -> str:
+    """The console's one line about a failed verdict."""
+    said = []
+    if v["mismatches"]:
+        said.append(f"{v['mismatches']} of {v['checked']} verified reads differ from what was written")
+    if v["stamp_mismatches"]:
+        said.append(f"{v['stamp_mismatches']} of {v['stamps_checked']} reads returned a region"
+                    " never written or truncated (stamps missing)")
+    if v["slabs_truncated"]:
+        said.append(f"{v['slabs_truncated']} slab file(s) shorter than written")
+    return "; ".join(said) + "; the storage returned wrong data, so its figures do not count"
+
+
+def device_io(data: Collected) -> dict[str, Any] | None:
+    """The storage disks' own counters over the measured window (read by the first rank of
+    each node) beside the tool's storage bytes of that node's ranks. None: no storage tier."""
+    reads = data.per_rank_counter(names.tier_counter("storage", "read_bytes"))
+    writes = data.per_rank_counter(names.tier_counter("storage", "write_bytes"))
+    nodes = []
+    for e in data.env:
+        d = e.get("device_io")
+        if not d:
+            continue
+        mates = [i for i, f in enumerate(data.env) if f.get("node") == e.get("node")]
+        nodes.append({"host": e.get("host"), "devices": d["devices"],
+                      "read_bytes": d["read_bytes"], "write_bytes": d["write_bytes"],
+                      "tool_read_bytes": int(sum(reads[i] for i in mates)),
+                      "tool_write_bytes": int(sum(writes[i] for i in mates)), "n/a": d["n/a"]})
+    if not nodes:
+        return None
+    seen = [n for n in nodes if n["n/a"] is None]
+    if not seen:
+        return {"n/a": nodes[0]["n/a"], "read_bytes": None, "write_bytes": None,
+                "tool_read_bytes": None, "tool_write_bytes": None, "read_ratio": None,
+                "write_ratio": None, "ratio": None, "warning": None, "nodes": nodes}
+    out = {k: sum(n[k] for n in seen)
+           for k in ("read_bytes", "write_bytes", "tool_read_bytes", "tool_write_bytes")}
+    return {"n/a": None, **out, **compare(out["read_bytes"], out["write_bytes"],
+                                          out["tool_read_bytes"], out["tool_write_bytes"]),
+            "nodes": nodes}
 
 
 def storage_health(data: Collected, metric: str, targets_ms: dict) -> dict[str, Any]:
@@ -320,7 +440,7 @@ def render(s: dict[str, Any]) -> str:
         + ("" if s["complete"] else "  (INCOMPLETE)"),
         f"  {s['world_size']} ranks on {s['nodes']} node(s), TP {s['tensor_parallel']}"
         f" x {s['replicas']} replicas, model {s['model']},"
-        f" {s['object_bytes'] / 2**20:.2f} MiB objects",
+        f" {s['object_bytes'] / 1e6:.2f} MB objects",
         f"  {s['requests_completed']} requests in {s['duration_s']:.1f} s"
         f" ({s['requests_per_s']:.2f}/s), prefix hit ratio "
         + ("-" if s["prefix_hit_ratio"] is None else f"{s['prefix_hit_ratio']:.3f}"),
@@ -328,6 +448,7 @@ def render(s: dict[str, Any]) -> str:
         f" {num(s.get('storage_throughput_tokens_per_s'))} tokens/s moved,"
         f" {num(s.get('avg_throughput_tokens_per_s'))} tokens/s served",
         f"  O_DIRECT {s['o_direct']}, HBM emulated {s['hbm_emulated']}",
+        *_truth(s),
         "",
         f"  {'tier':8} {'read GB/s':>10} {'write GB/s':>10} {'read p50 ms':>12}"
         f" {'read p99 ms':>12} {'write p50 ms':>13} {'write p99 ms':>13}",
@@ -360,6 +481,34 @@ def render(s: dict[str, Any]) -> str:
             f"{k} {v['measured_ms']:.1f}/{v['target_ms']} ms" + ("" if v["pass"] is not None else "?")
             for k, v in c["checks"].items())
         lines.append(f"    {cls:12} {c['verdict']:5} ({c['requests']} requests) {checks}")
+    if any(v["pass"] is None for c in health["classes"].values() for v in c["checks"].values()):
+        lines.append("    (measured/target ms; '?' = too few samples to judge that percentile: P95 needs"
+                     " 20, P99 100, P99.9 1,000, P99.99 10,000; NOT ENOUGH SAMPLES = no percentile"
+                     " of the class could be judged)")
     if s["errors"]:
         lines.append(f"  errors: {s['errors'][0]}")
     return "\n".join(lines)
+
+
+def _truth(s: dict[str, Any]) -> list[str]:
+    """Console lines: memory posing as storage, the device's own count, the verify verdict."""
+    out = []
+    if s.get("storage_memory_backed"):
+        out.append(f"  storage is {s['storage_memory_backed']} (memory), allowed by"
+                   " tiers.storage.allow_memory: its figures are RAM, not a device")
+    dev = s.get("device_io")
+    if dev and dev["n/a"]:
+        out.append(f"  device I/O: n/a ({dev['n/a']})")
+    elif dev:
+        devices = ", ".join(sorted({d for n in dev["nodes"] for d in n["devices"]}))
+        ratio = " / ".join("-" if dev[k] is None else f"{dev[k]:.3f}x" for k in ("read_ratio", "write_ratio"))
+        out.append(f"  device I/O ({devices}): read {dev['read_bytes'] / 1e9:.3f} GB, write"
+                   f" {dev['write_bytes'] / 1e9:.3f} GB; read/write {ratio} the tool's storage bytes")
+        if dev["warning"]:
+            out.append(f"  warning: {dev['warning']}")
+    v = s.get("verify")
+    if v:
+        out.append(f"  verify {v['verdict']}: {v['checked']} reads checked in full,"
+                   f" {v['stamps_checked']} stamp-checked"
+                   + (f"; {verify_failure(v)}" if v["verdict"] == "fail" else ""))
+    return out

@@ -32,6 +32,8 @@ HEADLINE: dict[str, tuple[str, ...]] = {
     "storage_read_p99_ms": ("tiers", "storage", "latency_ms", "read", "p99"),
     "storage_write_p95_ms": ("tiers", "storage", "latency_ms", "write", "p95"),
     "storage_write_p99_ms": ("tiers", "storage", "latency_ms", "write", "p99"),
+    # the device's own bytes over the tool's (1: only this run's I/O; above: a neighbour's)
+    "device_io_ratio": ("device_io", "ratio"),
 }
 LATENCIES = tuple(k for k in HEADLINE if k.endswith("_ms"))
 # the figures whose CV judges a trial set's stability (the headline throughput)

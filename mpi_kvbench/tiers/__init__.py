@@ -32,9 +32,19 @@ def open_tiers(specs: Sequence[Any], ctx: RankContext, object_bytes: int, *, one
             else:
                 tier.open(ctx)
             tiers.append(tier)
-    except BaseException:
+            if tier.slots == 0 and spec.capacity_bytes > 0:   # asked for, but holds nothing
+                raise ConfigError(
+                    f"tiers.{spec.level}.capacity_gb={spec.capacity_bytes / 1e9:g} holds no object"
+                    f" ({object_bytes / 1e9:g} GB each); give it at least one object's size, or 0"
+                    " to turn the tier off")
+    except BaseException as exc:
         for tier in tiers:
             tier.close()
+        if isinstance(exc, OSError | MemoryError | ValueError | OverflowError) \
+                and not isinstance(exc, ConfigError):   # name the tier, not a traceback
+            what = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise ConfigError(f"tiers.{spec.level}: rank {ctx.rank} cannot set up its {spec.kind}"
+                              f" tier ({what}); check tiers.{spec.level}") from None
         raise
     return tiers
 

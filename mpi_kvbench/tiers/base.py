@@ -61,6 +61,8 @@ class Tier(abc.ABC):
         self.params = params
         self.object_bytes = object_bytes
         self.capacity_bytes = capacity_bytes
+        self.requested_bytes = capacity_bytes   # what the config asked; capacity_bytes may shrink
+        self.capped: str | None = None          # why open() gave less than asked (free space ...)
         self.level = level
         self.share = share
 
@@ -93,7 +95,7 @@ class Tier(abc.ABC):
     def info(self) -> dict[str, Any]:
         """Facts for the result file: what backs the tier and how."""
         return {"kind": self.name, "capacity_bytes": self.capacity_bytes, "slots": self.slots,
-                "level": self.level}
+                "level": self.level, "requested_bytes": self.requested_bytes, "capped": self.capped}
 
     def location(self) -> str | None:
         """Where another rank finds this tier's objects (see ``open_peer``); None: nowhere."""

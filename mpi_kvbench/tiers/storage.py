@@ -34,7 +34,8 @@ import os
 import warnings
 from typing import Any
 
-from mpi_kvbench.context import RankContext
+from mpi_kvbench.context import RankContext, system_dir
+from mpi_kvbench.devstats import block_devices, memory_fs
 from mpi_kvbench.errors import ConfigError
 from mpi_kvbench.layout import ALIGN
 from mpi_kvbench.tiers.base import Tier
@@ -115,6 +116,7 @@ class StorageTier(Tier):
         path: str = ""              # template; "" = a fresh directory under the temp dir
         o_direct: bool = True
         max_free_share: float = 0.8
+        allow_memory: bool = False  # True: a tmpfs/ramfs path is accepted (the figures are RAM)
 
         def check(self) -> None:
             if not 0 < self.max_free_share <= 1:
@@ -124,10 +126,20 @@ class StorageTier(Tier):
     def open(self, ctx: RankContext) -> None:
         shared = self.share != "private"
         base = ctx.expand(self.params.path) if self.params.path else ctx.scratch_dir(shared)
+        # this rank's real path: "{rank}/.." and a per-rank symlink resolved as the kernel will
+        base = os.path.realpath(base)
+        if system_dir(base):
+            raise ConfigError(f"tiers.storage.path={self.params.path!r}: rank {ctx.rank}'s path {base}"
+                              " is a system directory; choose a directory of your own")
         who = f"group{ctx.group}" if shared else f"rank{ctx.rank}"
         self.path = os.path.join(base, f"kvbench-{ctx.run_id}-{who}.slab")
         self._owner = self.share != "reader"
         self.made_dirs: list[str] = []
+        self.memory = memory_fs(base)          # before anything is made (the mount table if none)
+        if self.memory and not self.params.allow_memory:
+            raise ConfigError(f"tiers.storage.path: {base} is {self.memory} (memory), so the storage"
+                              " tier would measure RAM; use a disk-backed path or set"
+                              " tiers.storage.allow_memory: true")
         if not self._owner:
             self._open_shared()
         else:
@@ -137,9 +149,16 @@ class StorageTier(Tier):
                 raise ConfigError(f"tiers.storage.path: cannot create {base} ({exc.strerror});"
                                   " choose a writable directory") from None
             flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
-            self.fd = os.open(self.path, flags, 0o600)   # O_EXCL: never reuse someone's file
+            try:
+                self.fd = os.open(self.path, flags, 0o600)   # O_EXCL: never reuse someone's file
+            except OSError as exc:
+                remove_dirs(self.made_dirs)
+                raise ConfigError(f"tiers.storage.path: rank {ctx.rank} cannot create {self.path}"
+                                  f" ({exc.strerror}); choose a directory it can write") from None
             self._named = True
             self.o_direct = self.params.o_direct and self._try_direct(flags)
+        self.written_end = 0                   # the end of the furthest write: the slab's least size
+        self.devices, self.no_device = block_devices(base)
         st = os.statvfs(base)
         free = st.f_bavail * st.f_frsize
         self.fs = fs_type(base)
@@ -148,6 +167,9 @@ class StorageTier(Tier):
         self.configured_bytes = self.capacity_bytes
         self.capacity_bytes = min(self.capacity_bytes,
                                   int(free * self.params.max_free_share / max(1, sharers)))
+        if self.capacity_bytes < self.configured_bytes:
+            self.capped = (f"{free / 1e9:.2f} GB free on {base} ({self.fs}), max_free_share"
+                           f" {self.params.max_free_share:g} over {sharers} rank(s)")
         if self.slots == 0:
             self.close()
             if self.configured_bytes < self.object_bytes:
@@ -208,6 +230,8 @@ class StorageTier(Tier):
         done = os.pwritev(self.fd, [data], offset)
         while done < len(data):   # a short write is legal; finish it
             done += os.pwritev(self.fd, [data[done:]], offset + done)
+        if offset + done > self.written_end:   # a lost race only under-reports: never a false alarm
+            self.written_end = offset + done
         return done
 
     def read(self, slot: int, out: memoryview) -> int:
@@ -242,7 +266,11 @@ class StorageTier(Tier):
     def info(self) -> dict[str, Any]:
         return {**super().info(), "path": self.path, "fs_type": self.fs, "o_direct": self.o_direct,
                 "configured_bytes": self.configured_bytes, "preallocated": self.preallocated,
-                "group_role": None if self.share == "private" else self.share}
+                "group_role": None if self.share == "private" else self.share,
+                "memory_backed": self.memory, "devices": self.devices, "no_device": self.no_device,
+                # a slab shorter than its furthest write was truncated under the run
+                "slab_bytes": os.fstat(self.fd).st_size if getattr(self, "fd", -1) >= 0 else None,
+                "written_end": getattr(self, "written_end", 0)}
 
 
 def _read_object(fd: int, offset: int, out: memoryview) -> int:

@@ -309,8 +309,12 @@ class LineTrace(TraceWorkload):
         times, offsets, ordinals, keys = array("d"), array("q"), array("q"), array("q")
         sessions: dict[str, int] = {}
         records = 0
+        report = getattr(self, "on_progress", None)   # (bytes read, file size), set by the run
+        size = os.path.getsize(self.params.trace) if report else 0
         with open_trace(self.params.trace, binary=True) as fh:
             for records, (off, raw) in enumerate(self._records(fh), 1):
+                if report and records % 4096 == 0:
+                    report(off, size)
                 try:
                     rec = self.parse(raw)
                 except Skip as why:
@@ -433,7 +437,11 @@ class CsvTrace(LineTrace):
                        if c in self.columns}
         while True:
             off = lines.pos
-            row = next(reader, None)
+            try:
+                row = next(reader, None)
+            except csv.Error:   # binary garbage: a NUL, a bare CR inside a field
+                self.skip("a row that is not CSV text")
+                continue
             if row is None:
                 return
             if any(cell.strip() for cell in row):

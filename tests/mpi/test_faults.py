@@ -79,11 +79,12 @@ def test_a_signal_to_one_rank_ends_the_run_in_order(tmp_path: Path, sig: str) ->
     no_scratch(tmp_path)
 
 
-def launch(tmp: Path, argv: list[str]) -> tuple[subprocess.Popen, float]:
-    """Starts the run, waits until rank 1 has made the marker (it is well inside the
-    measured phase then), and returns the running launcher."""
+def launch(tmp: Path, argv: list[str], env: dict | None = None) -> tuple[subprocess.Popen, float]:
+    """Starts the run in a process group of its own, waits until rank 1 has made the
+    marker (it is well inside the measured phase then), and returns the launcher."""
     proc = subprocess.Popen(argv, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=environment(tmp))
+                            text=True, env={**environment(tmp), **(env or {})},
+                            start_new_session=True)
     t0 = time.monotonic()
     while not (tmp / "marker").exists():
         assert proc.poll() is None, proc.communicate()[1][-2000:]
@@ -106,19 +107,19 @@ def test_a_signal_to_mpirun_ends_the_run_in_order(tmp_path: Path, sig: int) -> N
     no_scratch(tmp_path)
 
 
-def test_a_hangup_of_the_launcher_script_ends_the_run_in_order(tmp_path: Path) -> None:
-    env_mpirun = {"MPIRUN": MPIRUN, "PYTHON": sys.executable}
+@pytest.mark.parametrize("how", ["hangup of the script", "SIGTERM to the process group"])
+def test_the_launcher_script_turns_a_hangup_or_a_group_kill_into_one_stop(tmp_path: Path,
+                                                                           how: str) -> None:
     argv = ["bash", str(ROOT / "launch" / "mpirun.sh"), "4", *command(tmp_path, "mark")[2:]]
-    os.environ.update(env_mpirun)
-    try:
-        proc, t0 = launch(tmp_path, argv)
-    finally:
-        for k in env_mpirun:
-            os.environ.pop(k)
-    proc.send_signal(signal.SIGHUP)
+    proc, t0 = launch(tmp_path, argv, {"MPIRUN": MPIRUN, "PYTHON": sys.executable})
+    if how.startswith("hangup"):
+        proc.send_signal(signal.SIGHUP)
+    else:   # the script, mpirun and the ranks all get it (Slurm's scancel, a closed session)
+        os.killpg(proc.pid, signal.SIGTERM)
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]   # README: HUP -> TERM
     assert time.monotonic() - t0 < BOUND_S
+    assert "again: leaving at once" not in stderr     # copies of one signal count once
     kept(tmp_path)
     no_scratch(tmp_path)
 

@@ -135,6 +135,17 @@ def test_four_ranks_make_one_consistent_result(four_rank_run: FourRanks, tp: int
                 value = merged_counters[cn.index(f"{tier}.{op}_bytes")]
                 assert summary["tiers"][tier][f"{op}_bytes"] == value
         assert f.attrs["world_size"] == 4
+
+        # one rank per node read its disks' counters (here one node: rank 0, local rank 0),
+        # beside the storage bytes of every rank of the node
+        watchers = [e["rank"] for e in env if e["device_io"] is not None]
+        assert watchers == [0]
+        dev = summary["device_io"]
+        assert len(dev["nodes"]) == 1 and dev["nodes"][0]["devices"] == env[0]["device_io"]["devices"]
+        if dev["n/a"] is None:
+            assert dev["tool_write_bytes"] == summary["tiers"]["storage"]["write_bytes"] > 0
+            assert dev["tool_read_bytes"] == summary["tiers"]["storage"]["read_bytes"]
+        assert summary["verify"]["verdict"] == "off" and summary["verify"]["stamps_checked"] > 0
     assert not any((tmp / "cache").rglob("*.slab")), "the run left its files behind"
 
 

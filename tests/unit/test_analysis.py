@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -183,13 +184,117 @@ def test_environment_has_one_row_per_rank(run_dir: Path, result: analysis.Result
         assert env.loc[0, "elapsed_s"] == f["ranks/elapsed_ns"][0] / 1e9
 
 
-def test_plot_report_writes_pngs(result: analysis.Result, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def inline(result: analysis.Result) -> dict[str, Any]:
+    """plot_report as a notebook calls it: figures only, no files."""
     pytest.importorskip("matplotlib")
-    paths = analysis.plot_report(result, tmp_path / "plots")
-    assert len(paths) == 4
-    for path in paths:
+    return analysis.plot_report(result)
+
+
+def test_plot_report_writes_pngs_and_returns_the_figures(result: analysis.Result, tmp_path: Path,
+                                                         inline: dict[str, Any]) -> None:
+    from matplotlib.figure import Figure
+
+    figures = analysis.plot_report(result, tmp_path / "plots")
+    assert len(figures) == 5
+    for path, fig in figures.items():
+        assert isinstance(fig, Figure)
         with open(path, "rb") as fh:
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n", path
+    assert sorted(inline) == sorted(Path(p).name for p in figures)
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(inline)
+
+
+def test_figures_are_titled_by_run_model_and_ranks(result: analysis.Result, inline: dict[str, Any]) -> None:
+    assert analysis.title(result) == "a · tiny-1b, 1 rank"
+    for name, fig in inline.items():
+        titles = [ax.get_title() for ax in fig.axes] + [fig._suptitle.get_text() if fig._suptitle else ""]
+        assert any(t.startswith("a · tiny-1b, 1 rank") for t in titles), name
+
+
+def test_tail_is_the_share_of_samples_at_or_above(result: analysis.Result) -> None:
+    counts = analysis.histogram_counts(result, "storage.read")
+    t = analysis.tail(result, "storage.read")
+    nz = np.nonzero(counts)[0]
+    expected = [counts[i:].sum() / counts.sum() for i in nz]   # bucket i and every one above it
+    np.testing.assert_allclose(t["slower"], expected, rtol=1e-12)
+    assert t["slower"].iloc[0] == 1.0 and t["slower"].iloc[-1] == counts[nz[-1]] / counts.sum() > 0
+    np.testing.assert_array_equal(t["latency_ms"], analysis.cdf(result, "storage.read")["latency_ms"])
+
+
+def test_qos_figure_marks_each_target_at_one_minus_q(result: analysis.Result) -> None:
+    pytest.importorskip("matplotlib")
+    fig = analysis.plot_qos(result)
+    crosses = {(float(line.get_xdata()[0]), round(float(line.get_ydata()[0]), 9))
+               for line in fig.axes[0].lines if line.get_marker() == "x"}
+    targets = result.summary["storage_health"]["classes"]
+    expected = {(float(c["target_ms"]), round(1 - SUMMARY_PERCENTILES[k] / 100, 9))
+                for cls in targets.values() for k, c in cls["checks"].items()}
+    assert expected and expected <= crosses
+
+
+def test_bold_storage_line_integrates_to_the_storage_bytes(result: analysis.Result) -> None:
+    pytest.importorskip("matplotlib")
+    fig = analysis.plot_bandwidth(result)
+    ax = fig.axes[0]
+    bold = [line for line in ax.lines if line.get_label() == "storage read + write"]
+    assert len(bold) == 1 and bold[0].get_linewidth() > max(
+        line.get_linewidth() for line in ax.lines if line is not bold[0])
+    x, y = bold[0].get_xdata(), bold[0].get_ydata()
+    moved = sum(result.counters_merged[f"storage.{op}_bytes"] for op in ("read", "write"))
+    # steps-post: y[i] holds from x[i] to x[i + 1]; the last point only closes the window
+    assert float(np.sum(y[:-1] * np.diff(x))) == pytest.approx(moved / 1e9, rel=1e-9)
+
+
+def test_time_axes_span_the_same_window(result: analysis.Result) -> None:
+    pytest.importorskip("matplotlib")
+    window = float(result.environment["elapsed_s"].max())
+    assert analysis.plot_bandwidth(result).axes[0].get_xlim() == (0, window)
+    assert analysis.plot_hit_rates(result).axes[0].get_xlim() == (0, window)
+
+
+def _tick_texts(fig: Any) -> list[str]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()
+    return [t.get_text() for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)
+            for t in axis.get_ticklabels(which="both") if t.get_text()]
+
+
+def test_log_axes_have_plain_tick_labels(result: analysis.Result) -> None:
+    pytest.importorskip("matplotlib")
+    texts = _tick_texts(analysis.plot_latency(result)) + _tick_texts(analysis.plot_per_rank(result))
+    assert texts and not [t for t in texts if "$" in t or "times" in t or "^" in t]
+    for t in texts:
+        float(t.replace("\u2212", "-"))   # every label is a plain number
+
+
+def _fake(n_ranks: int) -> analysis.Result:
+    """A Result of many ranks built in memory: one rank's figures, scaled per rank."""
+    tiers = ["hbm", "dram", "storage"]
+    cols = [f"{t}.{op}_bytes" for t in tiers for op in ("read", "write")]
+    counters = pd.DataFrame([[(r + 1) * 1e9] * len(cols) for r in range(n_ranks)], columns=cols,
+                            index=pd.RangeIndex(n_ranks, name="rank"))
+    p = pd.DataFrame([{"histogram": f"{t}.read", "rank": r, "p99_ms": 1.0 + r} for t in tiers
+                      for r in range(n_ranks)])
+    env = pd.DataFrame({"elapsed_s": [10.0] * n_ranks})
+    return analysis.Result("x", {"model": "m", "world_size": n_ranks, "run_name": "many"}, "",
+                           {"tiers": {t: {} for t in tiers}}, counters, counters.sum(), p,
+                           pd.DataFrame(), env)
+
+
+@pytest.mark.parametrize("n_ranks, every_rank_labelled", [(12, True), (64, False)])
+def test_per_rank_figure_stays_readable_with_many_ranks(n_ranks: int, every_rank_labelled: bool) -> None:
+    pytest.importorskip("matplotlib")
+    fig = analysis.plot_per_rank(_fake(n_ranks))
+    bw, p99 = fig.axes[0], fig.axes[1]
+    assert not bw.patches                                  # no bars: 6 x N slivers are unreadable
+    assert len(bw.lines) == 6 and all(len(line.get_xdata()) == n_ranks for line in bw.lines)
+    storage_read = next(line for line in bw.lines if line.get_label() == "storage read")
+    np.testing.assert_allclose(storage_read.get_ydata(), (np.arange(n_ranks) + 1) / 10.0)
+    labels = [t for t in _tick_texts(fig)[: len(bw.get_xticklabels())] if t]
+    assert (len(labels) == n_ranks) == every_rank_labelled
+    assert len(labels) <= 16 and len(p99.lines) == 3
 
 
 def test_percentiles_handle_an_empty_histogram() -> None:

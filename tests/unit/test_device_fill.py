@@ -104,6 +104,6 @@ def test_the_summary_reports_the_fill(tmp_path: Path) -> None:
     assert fill["bytes"] == 2 * storage["slots"] * summary["object_bytes"] == sum(fill["bytes_per_rank"])
     assert fill["block_bytes"] == summary["object_bytes"] and fill["blocks"] == 2 * storage["slots"]
     assert fill["gbps"] == pytest.approx(fill["bytes"] / 1e9 / fill["seconds"], rel=0.01)
-    assert "precondition: writing 2 x" in proc.stdout and "device fills" in proc.stdout
+    assert "device fill: writing 2 x" in proc.stdout and "device fills" in proc.stdout
     # not measured: the storage tier's measured writes are the requests' own
     assert summary["tiers"]["storage"]["write_bytes"] < fill["bytes"]

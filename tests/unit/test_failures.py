@@ -47,7 +47,9 @@ def test_a_second_signal_removes_scratch_and_leaves_at_once(tmp_path: Path) -> N
     code = (f"import os, signal, time\nfrom mpi_kvbench.interrupt import Interrupts\n"
             f"s = Interrupts(leave=lambda: os.unlink({str(scratch)!r})).install()\n"
             "os.kill(os.getpid(), signal.SIGTERM)\nassert s.received == signal.SIGTERM\n"
-            "os.kill(os.getpid(), signal.SIGTERM)\ntime.sleep(60)\n")
+            "os.kill(os.getpid(), signal.SIGTERM)\n"            # a copy of the first: ignored
+            "assert os.path.exists(" + repr(str(scratch)) + ")\n"
+            "time.sleep(1.1)\nos.kill(os.getpid(), signal.SIGTERM)\ntime.sleep(60)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM

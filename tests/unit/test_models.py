@@ -146,7 +146,7 @@ def test_user_model_beside_catalogue_keeps_catalogue() -> None:
 @pytest.mark.parametrize("section,field", [
     ({"layers": 4, "kv_heads": 2, "head_dim": 64, "heads": 3}, "heads"),             # unknown
     ({"layers": "4", "kv_heads": 2, "head_dim": 64}, "layers"),                       # str
-    ({"layers": 4.0, "kv_heads": 2, "head_dim": 64}, "layers"),                       # float
+    ({"layers": 4.5, "kv_heads": 2, "head_dim": 64}, "layers"),                       # float
     ({"layers": True, "kv_heads": 2, "head_dim": 64}, "layers"),                      # bool
     ({"layers": 4, "kv_heads": 0, "head_dim": 64}, "kv_heads"),                       # zero
     ({"layers": 4, "kv_heads": 2, "head_dim": -64}, "head_dim"),                      # negative

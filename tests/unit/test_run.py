@@ -116,7 +116,12 @@ def test_summary_has_the_documented_keys(run: Run) -> None:
                 "group_prefill_storage"):
         assert set(s["latency_ms"][key]) == set(PCTS)
     assert set(s["cpu"]) >= {"io_path_s_per_gb", "generation_s_per_gb", "payload_stalls"}
-    assert set(s["verify"]) == {"checked", "mismatches"}
+    assert set(s["verify"]) == {"enabled", "checked", "mismatches", "stamps_checked",
+                                "stamp_mismatches", "slabs_truncated", "verdict"}
+    for key in ("read_bytes", "write_bytes", "tool_read_bytes", "tool_write_bytes", "read_ratio",
+                "write_ratio", "ratio", "warning", "nodes", "n/a"):
+        assert key in s["device_io"], key
+    assert s["storage_memory_backed"] is None
 
 
 def test_facts_of_the_run(run: Run) -> None:
@@ -160,6 +165,16 @@ def test_counters_in_the_file_equal_the_summary(run: Run) -> None:
     assert sum(s["tiers"][t]["chunk_hits"] for t in TIERS) == run.counter("chunk_hits")
     assert s["verify"]["checked"] == run.counter("verify_checked") > 0
     assert s["verify"]["mismatches"] == 0
+    reads = sum(run.counter(f"{t}.read_ops") for t in TIERS)
+    assert 0 < s["verify"]["stamps_checked"] == run.counter("stamp_checked") <= reads
+    assert s["verify"]["stamp_mismatches"] == s["verify"]["slabs_truncated"] == 0
+    assert s["verify"]["verdict"] == "pass"
+    for t, flag in (("hbm", "--gpu-mem-gb"), ("dram", "--cpu-mem-gb"), ("storage", "--storage-capacity-gb")):
+        asked = int(float(ARGS[ARGS.index(flag) + 1]) * 1e9)     # the config keeps whole bytes
+        tier = s["tiers"][t]
+        assert tier["capacity_gb_requested"] == round(asked / 1e9, 6)
+        assert tier["slots"] == asked // OBJ                    # nothing cut: a few objects each
+        assert tier["capacity_gb_used"] == round(asked // OBJ * OBJ / 1e9, 6)
 
 
 def test_histograms_count_every_operation(run: Run) -> None:
