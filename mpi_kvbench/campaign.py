@@ -17,7 +17,7 @@ import uuid
 from datetime import UTC, datetime
 
 from mpi_kvbench import config as cfgmod
-from mpi_kvbench import suite
+from mpi_kvbench import export, suite
 from mpi_kvbench.autoscale import Point, Search
 from mpi_kvbench.errors import OK, ConfigError, RunFailed
 from mpi_kvbench.interrupt import Interrupts
@@ -74,9 +74,27 @@ def execute_suite(req: suite.Request, command_line: str) -> int:
             plot = plot_curve([x["value"] for x in c], [x["storage_throughput_tokens_per_s"] for x in c],
                               [None] * len(c), None, plan.sweep["key"],
                               os.path.join(plan.directory, "sweep.png"))
-        print(f"\n  suite: {path}" + (f", {plot}" if plot else ""), flush=True)
+        sheet = export_sheet(plan.directory, [r["run_dir"] for r in records if r["exit_status"] == 0])
+        print(f"\n  suite: {path}" + "".join(f", {p}" for p in (plot, sheet) if p), flush=True)
     comm.barrier()
     return status
+
+
+def export_sheet(directory: str, run_dirs: list[str]) -> str | None:
+    """Every run as one row of suite.xlsx (sheets runs and trials; suite.csv without
+    openpyxl), through ``export``; a warning, not a failure, when it cannot be written."""
+    if not run_dirs:
+        return None
+    for kind in ("xlsx", "csv"):
+        target = os.path.join(directory, f"suite.{kind}")
+        try:
+            export.export(run_dirs, **{f"{kind}_path": target}, force=True)
+            return target
+        except ConfigError as err:
+            if kind == "csv" or "openpyxl" not in str(err):
+                print(f"warning: suite.{kind}: {err}", file=sys.stderr)
+                return None
+    return None
 
 
 def _document(plan: suite.Plan, records: list[dict], comm: Comm, started: datetime,

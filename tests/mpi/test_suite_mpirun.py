@@ -90,3 +90,12 @@ def test_two_options_two_trials_in_one_job(tmp_path: Path) -> None:
         assert o["stable"] == (max(tokens_cv, gbps_cv) <= doc["cv_threshold"])
     # one MPI job: the same two processes ran all four runs
     assert len(pids) == 1 and len(next(iter(pids))) == 2
+    # the runs as a sheet too (export): one row per run, in the suite's order
+    if (out / "suite.xlsx").exists():
+        import openpyxl
+        rows = list(openpyxl.load_workbook(out / "suite.xlsx")["runs"].values)
+    else:
+        rows = [r.split(",") for r in (out / "suite.csv").read_text().splitlines()]
+    col = list(rows[0]).index("run_name")
+    assert [r[col] for r in rows[1:]] == [f"{o}-trial{t}" for o in ("storage-only", "with-dram")
+                                          for t in (1, 2)]
