@@ -113,11 +113,6 @@ class Plan:
         return {**out, "sweep": self.sweep} if self.sweep else out
 
 
-def default_configs_dir() -> str:
-    """The repository's configs/ folder, next to the package."""
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-
-
 def nested(overrides: dict, where: str) -> dict:
     """``{"workload.users": 4}`` and ``{"workload": {"users": 4}}`` alike, as nested dicts."""
     if not isinstance(overrides, dict):
@@ -215,8 +210,8 @@ def _plan_file(req: Request, stamp: str, results_dir: str) -> Plan:
         if entry.name in options:
             raise ConfigError(f"runs[{i}].name={entry.name!r}: used twice; give each run its own name")
         path = entry.config or sec.config
-        if path and not os.path.isabs(path):
-            path = os.path.join(here, path)
+        if path and not os.path.isabs(path) and os.path.exists(os.path.join(here, path)):
+            path = os.path.join(here, path)   # else a shipped config's name, or the error
         trials = req.trials or entry.trials or trials_default
         overrides = [common, nested(entry.set, f"runs[{i}].set"), *req.overrides]
         for t in range(1, trials + 1):
@@ -235,7 +230,8 @@ def _plan_mlperf(req: Request, stamp: str, results_dir: str) -> Plan:
     mode = req.mlperf
     if mode not in MLPERF_MODES:
         raise ConfigError(f"--mlperf {mode}: use closed or open")
-    configs = req.configs_dir or default_configs_dir()
+    configs = req.configs_dir
+    shipped = cfgmod.shipped_configs()
     trials = req.trials or MLPERF_TRIALS
     name = req.name or f"mlperf-{mode}-{stamp}"
     directory = os.path.join(results_dir, name)
@@ -246,10 +242,10 @@ def _plan_mlperf(req: Request, stamp: str, results_dir: str) -> Plan:
     options: dict[str, dict] = {}
     runs: list[PlannedRun] = []
     for option, filename in MLPERF_OPTIONS.items():
-        path = os.path.join(configs, filename)
-        if not os.path.isfile(path):
-            raise ConfigError(f"--configs-dir {configs}: has no {filename}; give the folder of"
-                              " the MLPerf option files (configs/ in the repository)")
+        path = os.path.join(configs, filename) if configs else filename.removesuffix(".yaml")
+        if configs and not os.path.isfile(path) or not configs and path not in shipped:
+            raise ConfigError(f"--configs-dir {configs or '(the shipped configs)'}: has no {filename};"
+                              " give the folder of the MLPerf option files (configs/)")
         reference = cfgmod.load(path, seed)
         planned = [PlannedRun(option, t, _place(path, [*seed, *req.overrides], directory,
                                                 f"{option}-trial{t}"))

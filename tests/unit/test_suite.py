@@ -17,9 +17,9 @@ from mpi_kvbench import config as cfgmod
 from mpi_kvbench.datasize import datasize
 from mpi_kvbench.errors import ConfigError
 from mpi_kvbench.results import trials
-from mpi_kvbench.suite import CLOSED_FREE, MLPERF_OPTIONS, Request, default_configs_dir, plan
+from mpi_kvbench.suite import CLOSED_FREE, MLPERF_OPTIONS, Request, plan
 
-CONFIGS = Path(default_configs_dir())
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def option_files() -> dict[str, dict]:
@@ -94,6 +94,9 @@ def test_suite_file_overrides_layer_in_order(tmp_path: Path) -> None:
     assert [(r.option, r.trial, r.cfg.io.io_depth, r.cfg.workload.users) for r in p.runs] == [
         ("a", 1, 5, 2), ("a", 2, 5, 2), ("b", 1, 6, 2)]
     assert p.name == "s-t" and p.directory == str(tmp_path / "r" / "s-t")
+    by_name = {"runs": [{"name": "o2", "config": "mlperf-option2"}]}   # a shipped config
+    shipped = plan(Request(suite_file=write_suite(tmp_path, by_name)), "t")
+    assert shipped.runs[0].cfg.workload.users == option_files()["option2"]["workload"]["users"]
     mixed = plan(Request(suite_file=write_suite(tmp_path, {**doc, "order": "interleaved"})), "t")
     assert [(r.option, r.trial) for r in mixed.runs] == [("a", 1), ("b", 1), ("a", 2)]
 
