@@ -44,6 +44,7 @@ RUN_FLAGS = {
     "request_rate": "workload.request_rate",
     "precondition": "run.precondition",
     "prefill_groups": "engine.prefill_groups",
+    "io_trace_log": "run.io_trace_log",
     "validation_trace": "run.validation_trace",
 }
 
@@ -56,8 +57,8 @@ def launch_rank() -> int:
     return 0
 
 
-COMMANDS = ("run", "models", "configs", "calibrate", "export", "checkpoint", "suite", "sweep",
-            "autoscale", "datasize")
+COMMANDS = ("run", "models", "configs", "calibrate", "export", "checkpoint", "replay",
+            "export-fio", "suite", "sweep", "autoscale", "datasize")
 
 
 class Parser(argparse.ArgumentParser):
@@ -181,6 +182,10 @@ def build_parser() -> Parser:
                      help="fill this share of the storage tier before measuring (default 0.9)")
     run.add_argument("--prefill-groups", type=integer, metavar="K",
                      help="disaggregated serving: K TP groups prefill, the others decode")
+    run.add_argument("--io-trace-log", metavar="PATH",
+                     help="CSV of every measured operation, per rank ({rank}; .zst compresses)")
+    run.add_argument("--trace-only", action="store_true",
+                     help="trace mode: every tier kind null, no device I/O (with --io-trace-log)")
     run.add_argument("--validation-trace", metavar="FILE",
                      help="compare the hit ratio with a recorded one (docs/RESULTS.md)")
     run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -219,6 +224,24 @@ def build_parser() -> Parser:
     ck.add_argument("--run-name", metavar="NAME")
     ck.add_argument("--set", action="append", default=[], metavar="checkpoint.KEY=VALUE",
                     help="any checkpoint key (checkpoint.s3.bucket=...); repeatable")
+
+    rep = sub.add_parser("replay", help="replay recorded --io-trace-log files (one rank per log)")
+    rep.add_argument("logs", nargs="+", metavar="LOG", help="the run's logs, one per rank")
+    rep.add_argument("--cache-dir", required=True, metavar="PATH_TEMPLATE",
+                     help="storage tier path; {rank} {local_rank} {node} {host} {group} {run_id}")
+    rep.add_argument("--timing", choices=("asap", "recorded"), default="asap",
+                     help="as fast as possible (default) or at the recorded times")
+    rep.add_argument("--io-depth", type=int, metavar="N", help="concurrent I/O per rank (default: recorded)")
+    rep.add_argument("--results-dir", metavar="DIR")
+    rep.add_argument("--run-name", metavar="NAME")
+    rep.add_argument("--io-trace-log", metavar="PATH", help="record the replay's own log")
+    rep.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+
+    fio = sub.add_parser("export-fio", help="fio iolog files and job file of logs' storage I/O")
+    fio.add_argument("logs", nargs="+", metavar="LOG", help="--io-trace-log files, one per rank")
+    fio.add_argument("--out", required=True, metavar="DIR", help="where job.fio and the iologs go")
+    fio.add_argument("--target", metavar="DIR", help="where fio's data files go (default DIR/data)")
+    fio.add_argument("--ioengine", default="libaio", help="fio ioengine (default libaio)")
 
     st = sub.add_parser("suite", help="several runs and their trials in one MPI job (suite.json)")
     st.add_argument("suite_file", nargs="?", help="YAML suite: runs with overrides, trials, pauses")
@@ -281,6 +304,8 @@ def overrides(args: argparse.Namespace) -> list[dict]:
                 value = {leaf: value}
                 leaf = section
             out.append({leaf: value})
+    if getattr(args, "trace_only", False):   # trace mode: the same plans, no device I/O
+        out.append({"tiers": {level: {"kind": "null"} for level in ("hbm", "dram", "storage")}})
     return out + [parse_set(item) for item in args.set]
 
 
@@ -469,6 +494,12 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_export(args)
         if args.command == "checkpoint":
             return cmd_checkpoint(args, argv)
+        if args.command == "replay":
+            from mpi_kvbench.replay import cmd_replay
+            return cmd_replay(args, argv)
+        if args.command == "export-fio":
+            from mpi_kvbench.fio_export import cmd_export_fio
+            return cmd_export_fio(args)
         if args.command == "suite":
             return cmd_suite(args, argv)
         if args.command == "datasize":

@@ -74,6 +74,7 @@ class RunSection:
     calibrate_gb: float
     precondition: float
     watchdog_s: float
+    io_trace_log: str
     precondition_device_fills: float
     validation_trace: str
     validation_tolerance: float
@@ -388,6 +389,8 @@ def validate(raw: dict) -> Config:
         raise ConfigError("run.duration_s and run.max_requests are both 0 and synthetic users never"
                           " stop: set one of them")
     check_path(run.results_dir, "run.results_dir")
+    if run.io_trace_log:
+        check_path(run.io_trace_log, "run.io_trace_log")
     for t in tiers:
         if getattr(t.params, "path", ""):
             check_path(t.params.path, f"tiers.{t.level}.path")

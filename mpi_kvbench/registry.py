@@ -83,6 +83,7 @@ WORKLOADS = Registry(
         "burstgpt": "mpi_kvbench.workloads.burstgpt:BurstgptWorkload",
         "mooncake": "mpi_kvbench.workloads.mooncake:MooncakeWorkload",
         "azure": "mpi_kvbench.workloads.azure:AzureWorkload",
+        "replay": "mpi_kvbench.workloads.replay:ReplayWorkload",
     },
     required=("requests", "info"),
 )

@@ -36,6 +36,7 @@ from mpi_kvbench.errors import CONFIG, FAILED, OK, ConfigError, RunFailed
 from mpi_kvbench.interrupt import Interrupts
 from mpi_kvbench.interrupt import name as signal_name
 from mpi_kvbench.interrupt import status as signal_status
+from mpi_kvbench.iotrace import IoTraceLog, rank_path
 from mpi_kvbench.mpi.comm import Comm, check_launch, topology, world
 from mpi_kvbench.mpi.reduce import collect, group_latency
 from mpi_kvbench.progress import Console, Progress
@@ -107,6 +108,7 @@ class Run:
     console: Console = field(default_factory=lambda: Console(False))   # rank 0's live output
     signals: Interrupts = field(default_factory=Interrupts)
     devices: DeviceWindow | None = None   # the first rank of a node: its storage disks' counters
+    trace: IoTraceLog | None = None     # the I/O trace log (--io-trace-log)
     filled: Filled | None = None          # this rank's device fill (run.precondition_device_fills)
 
     @property
@@ -247,9 +249,13 @@ def _set_up(run: Run) -> None:
             if disagg.is_prefill(ctx, k):
                 run.handoff = disagg.Handoff(comm, ctx, k)
                 write_level = [t.level for t in run.tiers].index("storage")
+        run.trace = open_trace(run)
         run.engine = Engine(engine_settings(cfg), run.tiers, policy_factory(cfg),
-                            write_level=write_level, sources=run.sources, on_prefilled=run.handoff)
+                            write_level=write_level, sources=run.sources, on_prefilled=run.handoff,
+                            trace=run.trace)
         run.requests = replica_requests(run.workload, ctx, comm, k or None, cfg.kv.chunk_tokens)
+        if cfg.workload_kind == "replay":   # rank r carries out recorded log r
+            run.engine.load_log(run.workload.load(comm.rank, comm.size))
     except Exception as err:   # noqa: BLE001
         exc = err
     agree(comm, exc, run.signals)
@@ -302,6 +308,18 @@ def check_window(info: dict, cfg: Config) -> None:
                           " --trace-speedup, --duration or --max-requests")
 
 
+def open_trace(run: Run) -> IoTraceLog | None:
+    """This rank's I/O trace log (``run.io_trace_log``), with what replay needs beside it."""
+    cfg, ctx = run.cfg, run.ctx
+    if not cfg.run.io_trace_log:
+        return None
+    path = rank_path(cfg.run.io_trace_log, ctx.rank, ctx.expand)
+    meta = {"config": cfg.text, "world_size": ctx.world_size, "tp_size": ctx.tp_size,
+            "run_id": ctx.run_id, "run_name": run.run_name, "io_depth": cfg.io.io_depth,
+            "levels": [t.level for t in run.tiers], "kinds": [t.name for t in run.tiers]}
+    return IoTraceLog(path, ctx.rank, ctx.group, cfg.geometry.object_bytes, meta)
+
+
 def _measure(run: Run) -> Phase:
     """Pre-conditioning, warm-up and the measured phase; a failure is kept, not raised,
     after telling the other ranks to stop."""
@@ -315,6 +333,8 @@ def _measure(run: Run) -> Phase:
                              " storage tier (not measured)")
             run.engine.precondition(run.cfg.run.precondition, stop=run.comm.stop_requested,
                                     progress=run.console.bar("preconditioning (rank 0, objects)"))
+        if run.cfg.workload_kind == "replay":
+            run.engine.prime()
         _warm_up(run)
         start = time.perf_counter_ns()
         phase = _measured_phase(run)
@@ -361,6 +381,8 @@ def _measured_phase(run: Run) -> Phase:
     comm.quiet_barrier()
     if run.devices is not None:
         run.devices.start()
+    if run.trace is not None:
+        run.trace.start()
     start, wall_start = time.perf_counter_ns(), time.time_ns()
     engine.start_phase(start)
     deadline = start + int(cfg.run.duration_s * 1e9) if cfg.run.duration_s else None
@@ -369,6 +391,8 @@ def _measured_phase(run: Run) -> Phase:
     progress = Progress(run.console, start, cfg.run.duration_s)
     if run.decode:
         why = disagg.decode_loop(engine, comm, cfg.engine.prefill_groups)
+    elif cfg.workload_kind == "replay":
+        why = engine.replay_log(cfg.workload.timing == "recorded", comm.stop_requested, progress)
     else:
         why = engine.replay(run.requests, deadline, cfg.run.max_requests,
                             stop=comm.stop_requested, progress=progress)
@@ -380,6 +404,8 @@ def _measured_phase(run: Run) -> Phase:
     if why is StopReason.SHARE and cfg.run.stonewall:
         comm.notify_stop("stonewall")
     engine.end_phase()
+    if run.trace is not None:
+        run.trace.close()
     engine.recorder.count("stopped_by_stonewall",
                           int(why is StopReason.STOPPED and comm.stop_requested() == "stonewall"))
     return Phase(elapsed, (wall_start, time.time_ns()))
@@ -412,6 +438,7 @@ def _close(run: Run) -> None:
     """Idempotent: also the clean-up after a failed set-up. One part failing to close
     does not keep the others open, nor the result from being written."""
     parts = [run.engine] if run.engine is not None else []
+    parts += [run.trace] if run.trace is not None else []
     for part in (*parts, *run.sources, *run.tiers):
         try:
             part.close()
@@ -430,7 +457,8 @@ def _report(run: Run, data: Collected | None, phase: Phase) -> int:
     if comm.rank != 0:
         return comm.bcast(None)
     try:
-        status = status or _write(run, data, phase)
+        wrote = _write(run, data, phase)   # always: a failed run keeps its partial result
+        status = status or wrote
     except BaseException as err:   # noqa: BLE001 - the others wait for the status below
         print(f"error: rank 0: {type(err).__name__}: {err}", file=sys.stderr)
         status = status or FAILED

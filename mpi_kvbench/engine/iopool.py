@@ -16,7 +16,8 @@ touches a tier with a ``staging_buffer`` (pinned, for a GPU) bounces through tha
 Every read through a host buffer, verify or not, is checked cheaply (``payload.stamped``):
 a short read or an object whose first or last block lacks its stamp is a read of a region
 never written or truncated away. Reads of bytes another rank writes (``crc`` -1: a TP
-group's shared file) and tiers that ignore the bytes (``needs_payload`` False) are not.
+group's shared file) are not, nor any read of a hierarchy with a tier that ignores the
+bytes (``needs_payload`` False: what it demotes carries no stamps).
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ class IOPool:
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(max_workers=depth, thread_name_prefix="io")
         self._running: dict[int, tuple[Op, int]] = {}   # I/O thread -> its op, since when
+        # a tier that ignores the bytes (null) passes zeros on when it demotes: below it no
+        # object is sure to carry its stamps, so none is checked
+        self._stamps_real = all(t.needs_payload for t in self.tiers)
 
     def oldest(self) -> tuple[Op, int] | None:
         """The operation in flight the longest and when it started (for the watchdog)."""
@@ -189,7 +193,7 @@ class IOPool:
         nread = self.tiers[op.src].read(op.src_slot, buf)
         t1 = clock()
         ok = pl.check(buf, op.key, op.crc) if self.verify and op.crc >= 0 else True
-        checked = op.crc >= 0 and self.tiers[op.src].needs_payload
+        checked = op.crc >= 0 and self._stamps_real
         stamp_ok = not checked or (nread >= self.object_bytes
                                    and pl.stamped(buf, op.key, self.object_bytes))
         if op.kind == READ:

@@ -46,7 +46,9 @@ from mpi_kvbench.engine.cache import Hierarchy, Move, Plan, watermark_levels
 from mpi_kvbench.engine.iopool import MOVE, READ, WRITE, Done, IOPool, Op
 from mpi_kvbench.engine.payload import PayloadSource
 from mpi_kvbench.engine.record import Recorder
+from mpi_kvbench.errors import ConfigError
 from mpi_kvbench.eviction.base import EvictionPolicy
+from mpi_kvbench.iotrace import IoTraceLog, Row
 from mpi_kvbench.layout import Geometry, chunk_keys
 from mpi_kvbench.metrics import Metrics
 from mpi_kvbench.results import names
@@ -141,12 +143,14 @@ class Engine:
     ``write_level``: where new chunks land (a prefill-only group writes to storage).
     ``sources``: read-only tiers of other ranks (decode side of disaggregated serving),
     read after this rank's own. ``on_prefilled``: makes this a prefill-only server that
-    hands every request on after its prefill.
+    hands every request on after its prefill. ``trace``: the I/O trace log the recorder
+    writes a row per operation to (while the log records).
     """
 
     def __init__(self, s: EngineSettings, tiers: Sequence[Tier],
                  policy: Callable[[], EvictionPolicy], *, write_level: int = 0,
-                 sources: Sequence[Tier] = (), on_prefilled: OnPrefilled | None = None) -> None:
+                 sources: Sequence[Tier] = (), on_prefilled: OnPrefilled | None = None,
+                 trace: IoTraceLog | None = None) -> None:
         self.s = s
         self.tiers = list(tiers)
         self.names = [t.level for t in self.tiers]
@@ -158,10 +162,12 @@ class Engine:
         self.pool = IOPool([*self.tiers, *sources], obj, s.io_depth, self.payload, s.verify)
         self.recorder = Recorder([*self.names, *(t.level for t in sources)],
                                  s.geometry.chunk_tokens, s.geometry.objects_per_chunk, s.verify,
-                                 time.perf_counter_ns())
+                                 time.perf_counter_ns(), trace=trace)
         self.write_level = write_level
         self.on_prefilled = on_prefilled
         self._readers = {i for i, t in enumerate(self.tiers) if t.share == "reader"}
+        # trace mode: no tier does I/O, so a stage is done the moment it starts
+        self._inline = all(t.instant for t in [*self.tiers, *sources])
         self._user_done_ns: dict[int, int] = {}
         self._seq = 0
         self._stop: Callable[[], object] = lambda: None
@@ -183,6 +189,7 @@ class Engine:
         self._max_inflight = 0                   # most requests in flight this phase
         self._inflight_since = time.perf_counter_ns()
         self._trace_start: int | None = None     # where trace time 0 is (the first phase)
+        self._log: list[tuple[int, Op, str]] = []   # replay: (recorded start ns, op, phase)
         self._arrived: list[Request] = []        # due but not admitted when a phase ended
         self._head: Request | None = None        # taken from the trace, not yet due
 
@@ -274,6 +281,82 @@ class Engine:
                 wake = min(wake, deadline_ns)
             if self._step(wake) and progress is not None:
                 progress(self)
+
+    # -- replay of a recorded I/O trace log -------------------------------------------------
+    def load_log(self, rows: Sequence[Row]) -> None:
+        """Takes a recorded log's operations (in start order) for ``replay_log``; a tier
+        that is off, too small for a slot, or of another object size is a ConfigError."""
+        index = {level: i for i, level in enumerate(self.names)}
+        obj = self.s.geometry.object_bytes
+        ops = []
+        for r in rows:
+            i = index.get(r.level)
+            if i is None:
+                raise ConfigError(f"tiers.{r.level}: the log has {r.level} operations but the tier is"
+                                  " off; give it a capacity")
+            if r.slot >= self.tiers[i].slots:
+                raise ConfigError(f"tiers.{r.level}.capacity_gb: the log uses slot {r.slot}, the tier"
+                                  f" holds {self.tiers[i].slots}; give it at least"
+                                  f" {(r.slot + 1) * obj / 1e9:.6f} GB")
+            if r.size != obj:
+                raise ConfigError(f"replay: the log's objects are {r.size} bytes, this configuration's"
+                                  f" {obj}; replay with the recorded model and kv settings")
+            if r.write:
+                self._seq += 1
+                op = Op(WRITE, r.key, dst=i, dst_slot=r.slot, seq=self._seq)
+            else:
+                op = Op(READ, r.key, src=i, src_slot=r.slot)
+            ops.append((r.t_ns, op, r.stage))
+        self._log = ops
+
+    def prime(self) -> int:
+        """Writes, unmeasured, every slot the log reads before it writes it (the recorded run
+        wrote them before its measured phase), so every replayed read moves its bytes."""
+        written: set[_Slot] = set()
+        ops = []
+        for _, op, _ in self._log:
+            if op.kind == WRITE:
+                written.add((op.dst, op.dst_slot))
+            elif (op.src, op.src_slot) not in written:
+                written.add((op.src, op.src_slot))
+                ops.append(Op(WRITE, op.key, dst=op.src, dst_slot=op.src_slot))
+        self._run_now(Stage("io", "precondition", ops))
+        return len(ops)
+
+    def replay_log(self, recorded: bool, stop: Callable[[], object] = lambda: None,
+                   progress: Callable[[Engine], None] | None = None) -> StopReason:
+        """Issues the loaded log's operations in their recorded order, at most ``io_depth``
+        at a time (a few more queued), as fast as they go or, with ``recorded``, each at its
+        recorded time after the first. Operations on one slot keep their order."""
+        self._stop = stop
+        log, start = self._log, self.recorder.start_ns
+        t0 = log[0][0] if log else 0
+        window = 4 * self.s.io_depth
+        pending: list[Flight] = []
+        nxt, why = 0, StopReason.SHARE
+        while nxt < len(log) or pending:
+            if nxt < len(log) and stop():
+                why, nxt = StopReason.STOPPED, len(log)
+            wake = None
+            while nxt < len(log) and len(pending) < window:
+                t, op, phase = log[nxt]
+                if recorded and start + t - t0 > time.perf_counter_ns():
+                    wake = start + t - t0
+                    break
+                flight = Flight(None, 0, 0, deque([Stage("io", phase, [op])]), [])
+                for slot, writes in self._slots_of(op) if not self._inline else ():
+                    self._access.setdefault(slot, []).append((op, writes))
+                self._advance(flight)
+                if flight.stage is not None:
+                    pending.append(flight)
+                nxt += 1
+                self.completed += 1
+            if pending or wake is not None:
+                self._step(wake)
+                pending = [f for f in pending if f.stage is not None]
+                if progress is not None:
+                    progress(self)
+        return why
 
     def _pick(self, arrived: list[Request]) -> int:
         """Which arrived request to admit: the first, or with ``priority`` the first of the
@@ -426,7 +509,7 @@ class Engine:
     # -- carrying out plans ----------------------------------------------------------------
     def _launch(self, flight: Flight) -> None:
         """Registers every planned slot access of the flight, in plan order, and starts it."""
-        for stage in flight.stages:
+        for stage in flight.stages if not self._inline else ():
             for op in stage.ops:
                 for slot, writes in self._slots_of(op):
                     self._access.setdefault(slot, []).append((op, writes))
@@ -479,6 +562,9 @@ class Engine:
                 return
             if not stage.ops:
                 continue
+            if self._inline:
+                self._run_inline(flight, stage)
+                continue
             flight.stage, flight.stage_start, flight.results = stage, now, []
             for op in stage.ops:
                 if self._runnable(op):
@@ -491,6 +577,19 @@ class Engine:
             return
         if flight.abandoned and flight.stage is None and not flight.retired:
             self._retire(flight)
+
+    def _run_inline(self, flight: Flight, stage: Stage) -> None:
+        """Trace mode: records the stage's operations as done now, in plan order, with no
+        I/O (so nothing can overtake anything and no slot needs tracking)."""
+        obj, clock = self.s.geometry.object_bytes, time.perf_counter_ns
+        results = []
+        for op in stage.ops:
+            t = clock()
+            results.append(Done(t, t, 0, 0, 0 if op.kind == WRITE else obj,
+                                0 if op.kind == READ else obj, 0, True))
+        self.recorder.stage(stage.ops, results, stage.phase, flight.req)
+        if self.recorder.unsettled() > SETTLE_SPANS:
+            self.recorder.settle_busy()
 
     def _submit(self, op: Op, flight: Flight) -> None:
         if 0 <= op.src < len(self.tiers):   # what verify checks the read against
@@ -554,7 +653,7 @@ class Engine:
             ops, results = [o for o, _ in flight.results], [d for _, d in flight.results]
             if stage.in_prefill:
                 flight.prefill_io_ns += max(d.end for d in results) - flight.stage_start
-            self.recorder.stage(ops, results, stage.phase)
+            self.recorder.stage(ops, results, stage.phase, flight.req)
             flight.stage = None
             self._advance(flight)
             if self.recorder.unsettled() > SETTLE_SPANS:
@@ -616,7 +715,7 @@ class Engine:
         if not stage.ops:
             return
         flight = Flight(None, 0, 0, deque([stage]), [])
-        for op in stage.ops:
+        for op in stage.ops if not self._inline else ():
             for slot, writes in self._slots_of(op):
                 self._access.setdefault(slot, []).append((op, writes))
         self._advance(flight)

@@ -49,6 +49,7 @@ class Tier(abc.ABC):
     needs_payload: ClassVar[bool] = True   # False for tiers that never look at the bytes
     shareable: ClassVar[bool] = False      # True: honours share="writer"/"reader"
     makes_payload: bool = False            # True (set at open): WRITE calls ``produce``
+    instant: bool = False                  # True (set at open): no I/O and no delay (trace mode)
 
     @dataclasses.dataclass(frozen=True)
     class Params:

@@ -31,6 +31,7 @@ class NullTier(Tier):
 
     def open(self, ctx: RankContext) -> None:
         self._delay_s = self.params.latency_us / 1e6
+        self.instant = self._delay_s == 0
 
     def write(self, slot: int, data: memoryview) -> int:
         if self._delay_s:

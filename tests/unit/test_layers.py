@@ -11,7 +11,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[2] / "mpi_kvbench"
 #: Function-local imports are allowed for these only: optional dependencies, loaded when used.
 OPTIONAL = {"torch", "tiktoken", "pandas", "matplotlib", "mpi4py", "kvikio", "openpyxl",
-            "s3dlio", "minio", "urllib3", "s3torchconnector"}
+            "s3dlio", "minio", "urllib3", "s3torchconnector", "zstandard"}
 #: ... and in the command line, whose commands import what they use (`--help` stays fast).
 LAZY_MODULES = {"mpi_kvbench.cli"}
 
