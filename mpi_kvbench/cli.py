@@ -1,5 +1,5 @@
 """Command line: ``run`` (the default), ``models``, ``configs``, ``calibrate``, ``export``,
-``checkpoint``.
+``checkpoint``, ``suite``, ``sweep``, ``autoscale``, ``datasize``.
 
 Flags override the config file, which overrides the packaged defaults. Any mistake is
 one line on stderr, ``error: ...``, and exit status 2, printed once (by rank 0 under MPI).
@@ -45,6 +45,7 @@ RUN_FLAGS = {
     "precondition": "run.precondition",
     "prefill_groups": "engine.prefill_groups",
     "io_trace_log": "run.io_trace_log",
+    "validation_trace": "run.validation_trace",
 }
 
 
@@ -57,7 +58,7 @@ def launch_rank() -> int:
 
 
 COMMANDS = ("run", "models", "configs", "calibrate", "export", "checkpoint", "replay",
-            "export-fio")
+            "export-fio", "suite", "sweep", "autoscale", "datasize")
 
 
 class Parser(argparse.ArgumentParser):
@@ -185,6 +186,8 @@ def build_parser() -> Parser:
                      help="CSV of every measured operation, per rank ({rank}; .zst compresses)")
     run.add_argument("--trace-only", action="store_true",
                      help="trace mode: every tier kind null, no device I/O (with --io-trace-log)")
+    run.add_argument("--validation-trace", metavar="FILE",
+                     help="compare the hit ratio with a recorded one (docs/RESULTS.md)")
     run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="any config key; repeatable")
     run.add_argument("--quiet", action="store_true",
@@ -239,6 +242,53 @@ def build_parser() -> Parser:
     fio.add_argument("--out", required=True, metavar="DIR", help="where job.fio and the iologs go")
     fio.add_argument("--target", metavar="DIR", help="where fio's data files go (default DIR/data)")
     fio.add_argument("--ioengine", default="libaio", help="fio ioengine (default libaio)")
+
+    st = sub.add_parser("suite", help="several runs and their trials in one MPI job (suite.json)")
+    st.add_argument("suite_file", nargs="?", help="YAML suite: runs with overrides, trials, pauses")
+    st.add_argument("--mlperf", choices=("closed", "open"),
+                    help="the three MLPerf KV-cache options x 3 trials, under the rules")
+    st.add_argument("--trials", type=int, metavar="N", help="trials per run (MLPerf: 3)")
+    st.add_argument("--pause", type=float, metavar="SECONDS", help="between runs")
+    st.add_argument("--cv-threshold", type=float, metavar="SHARE",
+                    help="flag a trial set whose throughput CV is above this (default 0.05)")
+    st.add_argument("--suite-name", metavar="NAME", help="folder under --results-dir")
+    st.add_argument("--configs-dir", metavar="DIR", help="where mlperf-option{1,2,3}.yaml are")
+
+    sw = sub.add_parser("sweep", help="one run per value of a config key, in one MPI job")
+    sw.add_argument("--key", required=True, metavar="SECTION.KEY", help="e.g. workload.users")
+    sw.add_argument("--values", required=True, metavar="V1,V2,...", help="comma-separated values")
+
+    au = sub.add_parser("autoscale", help="the largest load that passes (qos) or the throughput knee")
+    au.add_argument("--mode", choices=("qos", "capacity"), default="qos")
+    au.add_argument("--key", default="workload.users", metavar="SECTION.KEY",
+                    help="the load: workload.users (default), workload.request_rate, ...")
+    au.add_argument("--start", default="1", metavar="X", help="first load (whole: whole loads)")
+    au.add_argument("--limit", default="1024", metavar="X", help="largest load to try")
+    au.add_argument("--resolution", type=float, metavar="X",
+                    help="stop when the bracket is this narrow (default 1, or start/8 for fractions)")
+    au.add_argument("--margin", type=float, default=0.05, metavar="SHARE",
+                    help="capacity: growth below this ends the climb; the plateau's tolerance")
+    for sp in (sw, au):
+        sp.add_argument("--config", help="YAML file every run reads (see configs/)")
+        sp.add_argument("--trials", type=int, metavar="N", help="trials per value (sweep)")
+        sp.add_argument("--pause", type=float, metavar="SECONDS", help="between runs")
+        sp.add_argument("--suite-name", metavar="NAME", help="folder under --results-dir")
+    for sp in (st, sw, au):   # every run flag, applied to every run
+        for action in run._actions:
+            if action.dest not in ("help", "config"):
+                sp._add_action(action)
+
+    ds = sub.add_parser("datasize", help="KV bytes per token, request and session; tier sizes")
+    ds.add_argument("--model", default=None, help="model key (default: the config's)")
+    ds.add_argument("--tensor-parallel", type=int, default=1, metavar="T")
+    ds.add_argument("--users", type=int, default=1, metavar="N", help="concurrent user sessions")
+    ds.add_argument("--ranks", type=int, metavar="N", help="ranks the users spread over (default TP)")
+    ds.add_argument("--context-tokens", type=int, metavar="N",
+                    help="tokens of one request's context (default: the workload's mean)")
+    ds.add_argument("--turns", type=int, metavar="N", help="turns per session (default: workload's)")
+    ds.add_argument("--config", help="YAML file (models:, kv:, workload:)")
+    ds.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    ds.add_argument("--json", action="store_true", help="print JSON")
     return p
 
 
@@ -345,6 +395,61 @@ def cmd_checkpoint(args: argparse.Namespace, argv: list[str]) -> int:
     return execute(s, shlex.join(["python", "-m", "mpi_kvbench", *argv]))
 
 
+def cmd_suite(args: argparse.Namespace, argv: list[str]) -> int:
+    from mpi_kvbench.campaign import execute_suite
+    from mpi_kvbench.suite import Request
+
+    req = Request(suite_file=args.suite_file, mlperf=args.mlperf, overrides=overrides(args),
+                  trials=args.trials, pause_s=args.pause, cv_threshold=args.cv_threshold,
+                  name=args.suite_name, configs_dir=args.configs_dir)
+    return execute_suite(req, shlex.join(["python", "-m", "mpi_kvbench", *argv]))
+
+
+def cmd_sweep(args: argparse.Namespace, argv: list[str]) -> int:
+    import yaml
+
+    from mpi_kvbench.campaign import execute_suite
+    from mpi_kvbench.suite import Request
+
+    values = [yaml.safe_load(v) for v in args.values.split(",") if v.strip()]
+    req = Request(overrides=overrides(args), trials=args.trials, pause_s=args.pause,
+                  name=args.suite_name, sweep=(args.key, values), config=args.config)
+    return execute_suite(req, shlex.join(["python", "-m", "mpi_kvbench", *argv]))
+
+
+def cmd_autoscale(args: argparse.Namespace, argv: list[str]) -> int:
+    import yaml
+
+    from mpi_kvbench.autoscale import Search
+    from mpi_kvbench.campaign import execute_autoscale
+    from mpi_kvbench.suite import Request
+
+    start, limit = yaml.safe_load(args.start), yaml.safe_load(args.limit)
+    for flag, v in (("--start", start), ("--limit", limit)):
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ConfigError(f"{flag} {v!r}: give a number")
+    integer = isinstance(start, int) and isinstance(limit, int)
+    resolution = args.resolution or (1.0 if integer else start / 8)
+    search = Search(args.mode, float(start), float(limit), resolution, args.margin, integer)
+    req = Request(overrides=overrides(args), pause_s=args.pause, name=args.suite_name,
+                  config=args.config)
+    return execute_autoscale(req, args.key, search, shlex.join(["python", "-m", "mpi_kvbench", *argv]))
+
+
+def cmd_datasize(args: argparse.Namespace) -> int:
+    from mpi_kvbench import config as cfgmod
+    from mpi_kvbench.datasize import datasize, render
+
+    over = [cfgmod.parse_set(i) for i in args.set]
+    if args.model:
+        over.append({"model": {"name": args.model}})
+    over.append({"kv": {"tensor_parallel": args.tensor_parallel}})
+    cfg = cfgmod.load(args.config, over)
+    sizes = datasize(cfg, args.users, args.context_tokens, args.turns, args.ranks)
+    print(json.dumps(sizes, indent=2) if args.json else render(sizes))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     from mpi_kvbench import config as cfgmod
     from mpi_kvbench.run import execute
@@ -395,6 +500,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export-fio":
             from mpi_kvbench.fio_export import cmd_export_fio
             return cmd_export_fio(args)
+        if args.command == "suite":
+            return cmd_suite(args, argv)
+        if args.command == "datasize":
+            return cmd_datasize(args)
+        if args.command == "sweep":
+            return cmd_sweep(args, argv)
+        if args.command == "autoscale":
+            return cmd_autoscale(args, argv)
         return cmd_run(args, argv)
     except ConfigError as err:
         if launch_rank() == 0:

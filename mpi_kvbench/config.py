@@ -38,6 +38,7 @@ from mpi_kvbench.params import (
     unknown,
 )
 from mpi_kvbench.registry import POLICIES, TIERS, WORKLOADS, Registry
+from mpi_kvbench.results import validation
 
 TIER_LEVELS = ("hbm", "dram", "object", "storage")
 PATH_FIELDS = {"{rank}", "{local_rank}", "{node}", "{host}", "{group}", "{run_id}"}
@@ -74,9 +75,13 @@ class RunSection:
     precondition: float
     watchdog_s: float
     io_trace_log: str
+    precondition_device_fills: float
+    validation_trace: str
+    validation_tolerance: float
 
     def check(self) -> None:
-        non_negative(self, "run", ("duration_s", "max_requests", "warmup_s", "watchdog_s", "seed"))
+        non_negative(self, "run", ("duration_s", "max_requests", "warmup_s", "watchdog_s", "seed",
+                                   "precondition_device_fills"))
         positive(self, "run", ("calibrate_gb",))
         if not 0 <= self.precondition <= 1:
             raise ConfigError(f"run.precondition={self.precondition}: give a share of the storage"
@@ -87,6 +92,9 @@ class RunSection:
         if len(self.run_name.encode()) > MAX_RUN_NAME:
             raise ConfigError(f"run.run_name: {len(self.run_name.encode())} bytes is too long for a"
                               f" folder name; use at most {MAX_RUN_NAME}")
+        positive(self, "run", ("validation_tolerance",))
+        if self.validation_trace:
+            validation.read(self.validation_trace)   # a bad file fails before the run
         if "\0" in self.results_dir:
             raise ConfigError("run.results_dir: the path holds a NUL byte; give a plain path")
 

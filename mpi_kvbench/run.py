@@ -30,6 +30,7 @@ from mpi_kvbench.context import RankContext
 from mpi_kvbench.devstats import DeviceWindow
 from mpi_kvbench.distribute import replica_requests
 from mpi_kvbench.engine import Engine, EngineSettings, StopReason, disagg
+from mpi_kvbench.engine.fill import Filled, fill_device
 from mpi_kvbench.environment import describe
 from mpi_kvbench.errors import CONFIG, FAILED, OK, ConfigError, RunFailed
 from mpi_kvbench.interrupt import Interrupts
@@ -40,6 +41,7 @@ from mpi_kvbench.mpi.comm import Comm, check_launch, topology, world
 from mpi_kvbench.mpi.reduce import collect, group_latency
 from mpi_kvbench.progress import Console, Progress
 from mpi_kvbench.registry import POLICIES, WORKLOADS
+from mpi_kvbench.results import validation
 from mpi_kvbench.results.collected import Collected
 from mpi_kvbench.results.hdf5 import attributes, write_hdf5, write_summary
 from mpi_kvbench.results.summary import VERIFY_FAILED, RunFacts, render, summarize, verify_failure
@@ -107,6 +109,7 @@ class Run:
     signals: Interrupts = field(default_factory=Interrupts)
     devices: DeviceWindow | None = None   # the first rank of a node: its storage disks' counters
     trace: IoTraceLog | None = None     # the I/O trace log (--io-trace-log)
+    filled: Filled | None = None          # this rank's device fill (run.precondition_device_fills)
 
     @property
     def decode(self) -> bool:
@@ -323,6 +326,8 @@ def _measure(run: Run) -> Phase:
     phase = Phase()
     start = time.perf_counter_ns()
     try:
+        if run.cfg.run.precondition_device_fills > 0:
+            _fill_device(run)
         if run.cfg.run.precondition > 0:
             run.console.line(f"preconditioning: filling {run.cfg.run.precondition:.0%} of the"
                              " storage tier (not measured)")
@@ -342,6 +347,20 @@ def _measure(run: Run) -> Phase:
         phase.error = f"rank {run.comm.rank}: stopped by {signal_name(run.signals.received)}"
         phase.interrupted = True
     return phase
+
+
+def _fill_device(run: Run) -> None:
+    """Every rank at once writes its storage tier's space ``precondition_device_fills``
+    times over, sequentially (``engine.fill``); rank 0 shows a bar."""
+    storage = [t for t in run.tiers if t.level == "storage"]
+    if not storage:
+        return
+    tier, fills = storage[0], run.cfg.run.precondition_device_fills
+    run.comm.barrier()
+    run.console.line(f"device fill: writing {fills:g} x {tier.slots * tier.object_bytes / 1e9:.3f} GB"
+                     f" per rank sequentially, {run.comm.size} ranks (not measured)")
+    run.filled = fill_device(tier, fills, run.cfg.io.io_depth, stop=run.comm.stop_requested,
+                             progress=run.console.bar("device fill (rank 0, blocks)"))
 
 
 def _warm_up(run: Run) -> None:
@@ -403,6 +422,7 @@ def _reduce(run: Run, phase: Phase) -> Collected | None:
     env["device_io"] = run.devices.result() if run.devices is not None else None
     data = collect(comm, engine.metrics, phase.elapsed_ns, env, phase.error)
     phase.wall_ns = (comm.allreduce(phase.wall_ns[0], "min"), comm.allreduce(phase.wall_ns[1], "max"))
+    run.filled = comm.gather(run.filled)   # per rank, on rank 0
     return data
 
 
@@ -459,7 +479,22 @@ def facts(run: Run) -> RunFacts:
         workload=cfg.workload_kind, workload_info=run.workload.info(), payload_mode=cfg.io.payload,
         tiers=[t.level for t in run.tiers], calibration=list(run.calibration or []),
         prefill_groups=cfg.engine.prefill_groups, stonewall=cfg.run.stonewall,
-        qos_metric=cfg.qos.metric, qos_targets_ms=cfg.qos.targets_ms, verify=cfg.io.verify)
+        qos_metric=cfg.qos.metric, qos_targets_ms=cfg.qos.targets_ms, verify=cfg.io.verify,
+        device_fill=device_fill(cfg.run.precondition_device_fills, cfg.geometry.object_bytes,
+                                run.filled))
+
+
+def device_fill(fills: float, block_bytes: int, per_rank: list[Filled | None] | None) -> dict | None:
+    """The device fill over all ranks: their bytes over the slowest rank's time (they
+    started at one barrier); None when none was asked."""
+    done = [f for f in per_rank or [] if f is not None]
+    if not fills or not done:
+        return None
+    total, slowest = sum(f.bytes for f in done), max(f.elapsed_ns for f in done)
+    return {"fills": fills, "bytes": total, "blocks": sum(f.blocks for f in done),
+            "block_bytes": block_bytes, "seconds": round(slowest / 1e9, 4),
+            "gbps": round(total / slowest, 4) if slowest else None,
+            "bytes_per_rank": [f.bytes for f in done]}
 
 
 def _write(run: Run, data: Collected, phase: Phase) -> int:
@@ -469,7 +504,8 @@ def _write(run: Run, data: Collected, phase: Phase) -> int:
     the storage returned wrong data."""
     run_facts = facts(run)
     summary = summarize(data, run_facts)
-    print(render(summary), flush=True)
+    checked = _validate(run.cfg, summary)
+    print(render(summary) + (f"\n{validation.render(checked)}" if checked else ""), flush=True)
     attrs = attributes(run_facts, summary, phase.wall_ns)
     out_dir = run.out_dir
     if _holds_result(out_dir):   # another run took the name meanwhile: keep both
@@ -499,6 +535,20 @@ def _write(run: Run, data: Collected, phase: Phase) -> int:
         print(f"error: verify: {verify_failure(summary['verify'])}", file=sys.stderr)
         return VERIFY_FAILED
     return OK if written else FAILED
+
+
+def _validate(cfg: Config, summary: dict) -> dict | None:
+    """--validation-trace: the run's hit ratios against the recorded ones, in the summary."""
+    if not cfg.run.validation_trace:
+        return None
+    try:
+        checked = validation.validate(summary, validation.read(cfg.run.validation_trace),
+                                      cfg.run.validation_tolerance)
+    except ConfigError as err:   # the file changed since the run began: say so, keep the result
+        checked = {"verdict": "ERROR", "error": str(err), "tolerance": cfg.run.validation_tolerance,
+                   "checks": []}
+    summary["validation"] = checked
+    return checked
 
 
 def fallback_dirs(run_id: str) -> list[str]:

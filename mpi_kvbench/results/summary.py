@@ -65,6 +65,7 @@ class RunFacts:
     qos_metric: str
     qos_targets_ms: dict
     verify: bool = False             # io.verify: every read checked in full
+    device_fill: dict | None = None  # run.precondition_device_fills: bytes, seconds, GB/s
 
 
 def pcts_ms(h: Histogram | None) -> dict[str, float | None]:
@@ -280,6 +281,8 @@ def summarize(data: Collected, run: RunFacts) -> dict[str, Any]:
         "verify": verify(data, run.verify),
         "device_io": device_io(data),
     }
+    if run.device_fill:
+        summary["precondition_device_fill"] = run.device_fill
     calibrated = calibration(run.calibration)
     if calibrated:
         summary["calibration"] = calibrated
@@ -467,6 +470,10 @@ def render(s: dict[str, Any]) -> str:
         f"  CPU: {s['cpu']['io_path_s_per_gb']} s/GB on the I/O path,"
         f" {s['cpu']['generation_s_per_gb']} s/GB generating payload",
     ]
+    fill = s.get("precondition_device_fill")
+    if fill:
+        lines.append(f"  precondition: {fill['fills']:g} device fills, {fill['bytes'] / 1e9:.3f} GB written"
+                     f" in {fill['seconds']:.1f} s ({fill['gbps']} GB/s), before measuring")
     health = s["storage_health"]
     lines.append(f"  storage health ({health['metric']} latency per QoS class): {health['verdict']}")
     for cls, c in health["classes"].items():
