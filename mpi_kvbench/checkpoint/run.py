@@ -118,6 +118,7 @@ def _measure(s: CheckpointSettings, comm: Comm, ctx: RankContext, target: Target
     row["rss_before_bytes"] = _status("VmRSS")
     reset_peak_rss()
     try:
+        producer.wait_primed()
         comm.barrier()
         row["write_start_ns"] = time.time_ns()
         written = target.write(producer.chunks())

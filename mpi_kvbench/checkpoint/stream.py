@@ -73,6 +73,12 @@ class Producer:
         self._ready: queue.SimpleQueue = queue.SimpleQueue()
         for b in pool.buffers:
             self._empty.put(b)
+        # the pool is full before the window opens: a stall then means generation fell
+        # behind the device, not that the pipeline was still filling
+        self._primed = threading.Event()
+        self._prime_count = min(len(pool.buffers), len(self.sizes))
+        if not self._prime_count:
+            self._primed.set()
         self._thread = threading.Thread(target=self._run, name="ckpt-producer", daemon=True)
         self._thread.start()
 
@@ -94,8 +100,15 @@ class Producer:
                 self.gen_wall_s += time.perf_counter() - w
                 view.release()
                 self._ready.put(buf)
+                if i + 1 == self._prime_count:
+                    self._primed.set()
         except BaseException as exc:   # hand it to the writer: a silent death would hang it
             self._ready.put(exc)
+            self._primed.set()
+
+    def wait_primed(self) -> None:
+        """Returns once every buffer of the pool holds a chunk (or the producer failed)."""
+        self._primed.wait()
 
     def chunks(self) -> Iterator[memoryview]:
         """Filled chunks in order; the previous one goes back to the producer when the

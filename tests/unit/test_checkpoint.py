@@ -130,3 +130,18 @@ def test_s3_checkpoint_goes_up_in_parts_and_comes_back(s3_server, tmp_path, monk
     check_streamed(summary, 64 * MiB, 40 * MiB)
     assert summary["target_info"]["endpoint"] == s3_server.url
     assert s3_server.objects(bucket) == {}           # removed after the restore
+
+
+def test_a_primed_pool_hands_its_first_chunks_without_a_stall() -> None:
+    pool = BufferPool(3, 64 * 1024)
+    prod = Producer(pool, 8 * 64 * 1024, rank=0)
+    chunks = prod.chunks()
+    try:
+        prod.wait_primed()
+        for _ in range(3):       # the pool's three buffers are full: no wait for any
+            next(chunks)
+        assert prod.stalls == 0
+    finally:
+        chunks.close()           # releases the chunk it holds
+        prod.close()
+        pool.close()
