@@ -33,12 +33,12 @@ from mpi_kvbench.engine import payload as pl
 from mpi_kvbench.layout import aligned_buffer
 from mpi_kvbench.tiers.base import Tier
 
-READ, WRITE, MOVE = 0, 1, 2
+READ, WRITE, MOVE, DROP = 0, 1, 2, 3
 
 
 @dataclass(slots=True, eq=False)    # identity: the engine tracks each planned op
 class Op:
-    kind: int            # READ, WRITE or MOVE (read src, then write dst)
+    kind: int            # READ, WRITE, MOVE (read src, then write dst) or DROP (delete src)
     key: int
     src: int = -1        # tier index read from
     src_slot: int = -1
@@ -166,6 +166,11 @@ class IOPool:
 
     def _carry_out(self, op: Op) -> Done:
         clock = time.perf_counter_ns
+        if op.kind == DROP:   # an evicted object deleted where deleting is I/O (object storage)
+            t0 = clock()
+            self.tiers[op.src].drop(op.src_slot)
+            t1 = clock()
+            return Done(t0, t1, 0, 0, 0, 0, 0, True)
         if op.kind == WRITE and self.tiers[op.dst].makes_payload:
             return self._produce(op)
         if op.kind == MOVE:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mpi_kvbench.engine.iopool import MOVE, READ, WRITE, Done, Op
+from mpi_kvbench.engine.iopool import DROP, MOVE, READ, WRITE, Done, Op
 from mpi_kvbench.iotrace import STAGES, IoTraceLog
 from mpi_kvbench.metrics import Histogram, Metrics
 from mpi_kvbench.results import names
@@ -138,6 +138,10 @@ class Recorder:
         start = self.start_ns
         for op, d in zip(ops, results, strict=True):
             sec = max(0, (d.end - start) // 1_000_000_000)
+            if op.kind == DROP:
+                lat.setdefault((tiers[op.src], "delete"), []).append(d.end - d.start)
+                vol.setdefault((tiers[op.src], "delete", sec), [0, 0])[0] += 1
+                continue
             if op.kind != WRITE:
                 tier = tiers[op.src]
                 lat.setdefault((tier, "read"), []).append(d.read_ns)
@@ -190,6 +194,8 @@ class Recorder:
         stage = _STAGE_CODE[phase]
         index, qos = (-1, -1) if req is None else (req.index, _QOS_CODE[req.qos])
         for op, d in zip(ops, results, strict=True):
+            if op.kind == DROP:   # the reference's log has no delete; replay reuses the slot
+                continue
             if op.kind != WRITE:
                 add((d.start, 0, d.read_bytes, tiers[op.src], op.key, stage, index, qos,
                      op.src_slot, d.read_ns))

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from mpi_kvbench.engine.cache import Hierarchy, Move, Plan, watermark_levels
-from mpi_kvbench.engine.iopool import MOVE, READ, WRITE, Done, IOPool, Op
+from mpi_kvbench.engine.iopool import DROP, MOVE, READ, WRITE, Done, IOPool, Op
 from mpi_kvbench.engine.payload import PayloadSource
 from mpi_kvbench.engine.record import Recorder
 from mpi_kvbench.errors import ConfigError
@@ -471,7 +471,8 @@ class Engine:
         return [*stages, *self._demotions(plan), Stage("io", "decode", self._write_ops(plan))]
 
     def _demotions(self, plan: Plan, in_prefill: bool = False) -> list[Stage]:
-        """The plan's demotion stages (deepest tier first); drops need no I/O."""
+        """The plan's demotion stages (deepest tier first); a drop is I/O only on a tier
+        that ``deletes`` (object storage), else the slot is simply reused."""
         self.peak_used = [max(a, b) for a, b in zip(self.peak_used, self.cache.used_bytes(),
                                                       strict=True)]
         stages = []
@@ -480,6 +481,8 @@ class Engine:
             for mv in moves:
                 if mv.dst_level is None:
                     self.recorder.dropped(mv.src_level)
+                    if self.tiers[mv.src_level].deletes:
+                        ops.append(Op(DROP, mv.key, src=mv.src_level, src_slot=mv.src_slot))
                 elif mv.dst_level in self._readers:
                     self.recorder.left_to_writer(mv.dst_level)
                 else:
@@ -522,6 +525,8 @@ class Engine:
     @staticmethod
     def _slots_of(op: Op) -> list[tuple[_Slot, bool]]:
         out = []
+        if op.kind == DROP:   # it destroys the slot's object: ordered like a write
+            out.append(((op.src, op.src_slot), True))
         if op.kind in (READ, MOVE):
             out.append(((op.src, op.src_slot), False))
         if op.kind in (WRITE, MOVE):

@@ -187,6 +187,11 @@ def summarize(data: Collected, run: RunFacts) -> dict[str, Any]:
             float(per_rank(names.tier_counter(tier, "tokens_hit"))[leaders].sum()) * per_s, 2)
         pooled = {op: data.pooled(names.tier_op(tier, op)) for op in names.OPS}
         t["latency_ms"] = {op: {**pcts_ms(h), "mean": mean_ms(h)} for op, h in pooled.items()}
+        deletes = data.counter(names.tier_counter(tier, "delete_ops"))
+        if deletes:   # evictions deleted on a tier where that is I/O (object storage)
+            t["delete_ops"] = deletes
+            h = data.pooled(names.tier_op(tier, "delete"))
+            t["latency_ms"]["delete"] = {**pcts_ms(h), "mean": mean_ms(h)}
         t.update(capacity(data, tier, run.object_bytes))
         tiers[tier] = t
 

@@ -48,6 +48,7 @@ class Tier(abc.ABC):
     name: ClassVar[str]
     needs_payload: ClassVar[bool] = True   # False for tiers that never look at the bytes
     shareable: ClassVar[bool] = False      # True: honours share="writer"/"reader"
+    deletes = False        # dropping an object is I/O (``drop``), timed like the others
     makes_payload: bool = False            # True (set at open): WRITE calls ``produce``
     instant: bool = False                  # True (set at open): no I/O and no delay (trace mode)
 
@@ -106,6 +107,10 @@ class Tier(abc.ABC):
         """A read-only view of another rank's tier of this kind at ``location``."""
         raise ConfigError(f"tiers.{self.level}: a {self.name} tier cannot be read by another rank;"
                           " use a file-backed storage tier")
+
+    def drop(self, slot: int) -> None:  # noqa: B027 - only tiers that say ``deletes``
+        """Deletes the object in ``slot``, evicted from the bottom of the hierarchy (a DELETE
+        on object storage); a file tier just reuses the slot."""
 
     def unlink(self) -> None:  # noqa: B027 - optional: most tiers name nothing on disk
         """Called on every rank once every rank has opened what it needs of the others'

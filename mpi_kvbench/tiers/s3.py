@@ -426,6 +426,7 @@ class S3Tier(Tier):
     """An S3 bucket prefix (AWS, MinIO, Ceph RGW, ...): one object per slot, PUT and GET."""
 
     name = "s3"
+    deletes = True
 
     @dataclasses.dataclass(frozen=True)
     class Params:
@@ -513,6 +514,9 @@ class S3Tier(Tier):
     def read(self, slot: int, out: memoryview) -> int:
         with memoryview(out) as view:
             return self.client.get_into(self.params.bucket, self.key(slot), view)
+
+    def drop(self, slot: int) -> None:
+        self.client.delete(self.params.bucket, [self.key(slot)])
 
     def close(self) -> None:
         client = getattr(self, "client", None)

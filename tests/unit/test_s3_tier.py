@@ -223,3 +223,18 @@ def test_verify_catches_an_object_overwritten_behind_the_tiers_back(server, tmp_
     r.serve(request(3, prompt))
     assert r.c["verify_checked"] == 8 and r.c["verify_mismatches"] == 2
     assert TINY_OBJ == r.obj
+
+
+def test_an_evicted_object_is_deleted_from_the_bucket(server, tmp_path, rig):
+    """S3 at the bottom with 3 slots: four prompts of two chunks evict; every drop is a
+    timed DELETE, and the bucket then holds exactly the objects the tier still holds."""
+    r = rig(s3_config(tmp_path, server, dram=0, obj_slots=3, storage=0))
+    r.serve(*(request(i, [(100 + i, 2 * 16)]) for i in range(4)))
+    drops = r.c["object.drops"]
+    assert drops > 0 and r.c["object.delete_ops"] == drops
+    timed = [h.count for n, h in r.engine.metrics.hist.items() if n.startswith("object.delete.")]
+    assert sum(timed) == drops
+    tier = r.tiers[0]
+    held = {tier.key(e.slot) for e in r.engine.cache.index.values() if e.level == 0}
+    assert {k.rsplit("/", 1)[-1] for k in server.objects(server.bucket)} == \
+        {k.rsplit("/", 1)[-1] for k in held}
