@@ -324,7 +324,8 @@ def _reduce(run: Run, phase: Phase) -> Collected | None:
     comm.quiet_barrier()
     group_latency(run.group, engine.recorder.log, engine.metrics)
     env = describe(run.ctx, comm.library, [t.info() for t in run.tiers])
-    data = collect(comm, engine.metrics, phase.elapsed_ns, env, phase.error)
+    data = collect(comm, engine.metrics, phase.elapsed_ns, env, phase.error,
+                   run.cfg.run.per_rank_detail)
     phase.wall_ns = (comm.allreduce(phase.wall_ns[0], "min"), comm.allreduce(phase.wall_ns[1], "max"))
     return data
 
