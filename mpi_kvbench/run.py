@@ -30,6 +30,7 @@ from mpi_kvbench.distribute import replica_requests
 from mpi_kvbench.engine import Engine, EngineSettings, StopReason, disagg
 from mpi_kvbench.environment import describe
 from mpi_kvbench.errors import CONFIG, FAILED, OK, ConfigError, RunFailed
+from mpi_kvbench.footprint import Footprint, process_age_s
 from mpi_kvbench.interrupt import Interrupts
 from mpi_kvbench.interrupt import name as signal_name
 from mpi_kvbench.interrupt import status as signal_status
@@ -101,6 +102,7 @@ class Run:
     requests: Iterator[Request] = iter(())
     calibration: list | None = None
     signals: Interrupts = field(default_factory=Interrupts)
+    footprint: Footprint = field(default_factory=Footprint)   # set-up times, memory
 
     @property
     def decode(self) -> bool:
@@ -120,9 +122,13 @@ class Phase:
 
 def execute(cfg: Config, command_line: str) -> int:
     """Runs the benchmark on every rank; returns the process exit status."""
+    footprint = Footprint(setup_s={"imports": process_age_s()})
+    footprint.mark("imports")
     comm = world()
     with Interrupts() as signals:
         run = _start(cfg, comm, command_line)
+        run.footprint = footprint
+        footprint.lap("start")
         run.signals = signals
         signals.leave = functools.partial(_forget, run)
         comm.watch(lambda: signals.received and f"{signal_name(signals.received)} on rank {comm.rank}")
@@ -204,22 +210,28 @@ def _set_up(run: Run) -> None:
     cfg, comm, ctx = run.cfg, run.comm, run.ctx
     one_writer = cfg.model.kind == "mla" and cfg.kv.mla_mode == "one_writer" and ctx.tp_size > 1
     object_bytes = cfg.geometry.object_bytes
+    fp = run.footprint
     exc = None
     try:
         run.workload = WORKLOADS.load(cfg.workload_kind)(cfg.workload, cfg.run.seed)
         if comm.rank == 0:   # reads a trace's first pass: a bad one fails before any tier opens
             check_window(run.workload.info(), cfg)
+        fp.lap("workload")
         storage = [t for t in cfg.tiers if t.kind == "storage"]
         if cfg.run.calibrate and storage:
             comm.barrier()   # every rank calibrates at once, as they will run
             run.calibration = calibrate(
                 storage[0].params, ctx, object_bytes, cfg.io.io_depth,
                 min(storage[0].capacity_bytes, int(cfg.run.calibrate_gb * 1e9)))
+            fp.lap("calibration")
         run.tiers = open_tiers(cfg.tiers, ctx, object_bytes, one_writer=one_writer,
                                group_bcast=run.group.bcast)
+        fp.lap("tiers")
+        fp.mark("tiers")
     except Exception as err:   # noqa: BLE001 - every rank must hear of it
         exc = err
     agree(comm, exc, run.signals)
+    fp.lap("sync")
     for tier in run.tiers:   # a TP group's ranks must plan alike: the smallest capacity rules
         tier.limit_capacity(run.group.allreduce(tier.capacity_bytes, "min"))
     try:
@@ -232,7 +244,10 @@ def _set_up(run: Run) -> None:
                 write_level = [t.level for t in run.tiers].index("storage")
         run.engine = Engine(engine_settings(cfg), run.tiers, policy_factory(cfg),
                             write_level=write_level, sources=run.sources, on_prefilled=run.handoff)
+        fp.lap("engine")
+        fp.mark("engine")
         run.requests = replica_requests(run.workload, ctx, comm, k or None, cfg.kv.chunk_tokens)
+        fp.lap("trace_distribution")
     except Exception as err:   # noqa: BLE001
         exc = err
     agree(comm, exc, run.signals)
@@ -242,6 +257,7 @@ def _set_up(run: Run) -> None:
     for tier in run.tiers:
         tier.cleanup()
     run.calibration = comm.gather(run.calibration)
+    fp.lap("sync")
 
 
 MAX_SPAN_S = 86_400   # a replay longer than a day at --duration 0 is a mistake, not a plan
@@ -268,6 +284,7 @@ def _measure(run: Run) -> Phase:
     try:
         if run.cfg.run.precondition > 0:
             run.engine.precondition(run.cfg.run.precondition, stop=run.comm.stop_requested)
+            run.footprint.lap("precondition")
         _warm_up(run)
         start = time.perf_counter_ns()
         phase = _measured_phase(run)
@@ -291,12 +308,14 @@ def _warm_up(run: Run) -> None:
     run.engine.start_phase(t0)
     run.engine.replay(run.requests, t0 + int(run.cfg.run.warmup_s * 1e9),
                       stop=run.comm.stop_requested)
+    run.footprint.lap("warmup")
 
 
 def _measured_phase(run: Run) -> Phase:
     """Every rank starts at one barrier and serves until its share, the deadline or a stop."""
     cfg, comm, engine = run.cfg, run.comm, run.engine
     comm.quiet_barrier()
+    run.footprint.lap("sync")
     start, wall_start = time.perf_counter_ns(), time.time_ns()
     engine.start_phase(start)
     deadline = start + int(cfg.run.duration_s * 1e9) if cfg.run.duration_s else None
@@ -323,6 +342,8 @@ def _reduce(run: Run, phase: Phase) -> Collected | None:
     comm, engine = run.comm, run.engine
     comm.quiet_barrier()
     group_latency(run.group, engine.recorder.log, engine.metrics)
+    for name, value in run.footprint.counters().items():
+        engine.metrics.add(name, value)
     env = describe(run.ctx, comm.library, [t.info() for t in run.tiers])
     data = collect(comm, engine.metrics, phase.elapsed_ns, env, phase.error,
                    run.cfg.run.per_rank_detail)

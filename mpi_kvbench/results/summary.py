@@ -273,7 +273,25 @@ def summarize(data: Collected, run: RunFacts) -> dict[str, Any]:
     calibrated = calibration(run.calibration)
     if calibrated:
         summary["calibration"] = calibrated
+    summary.update(footprint(data))
     return summary
+
+
+def footprint(data: Collected) -> dict[str, Any]:
+    """Set-up phase times (the slowest rank's, s) and resident memory per rank (the
+    counters ``setup.<phase>_us``, ``peak_rss_bytes``, ``memory.<stage>_rss_bytes``)."""
+    setup = {n[len("setup."):-len("_us")]: round(float(data.per_rank_counter(n).max()) / 1e6, 3)
+             for n in data.counter_names if n.startswith("setup.") and n.endswith("_us")}
+    total = [n for n in data.counter_names if n.startswith("setup.") and n.endswith("_us")]
+    if total:   # per rank, then the slowest rank: the phases' maxima may be different ranks
+        setup["total"] = round(float(sum(data.per_rank_counter(n) for n in total).max()) / 1e6, 3)
+    peak = data.per_rank_counter("peak_rss_bytes")
+    stages = {n[len("memory."):-len("_rss_bytes")]: int(data.per_rank_counter(n).max())
+              for n in data.counter_names if n.startswith("memory.") and n.endswith("_rss_bytes")}
+    return {"setup_s": setup,
+            "peak_rss_bytes": {"max": int(peak.max()) if peak.size else 0,
+                               "per_rank": [int(v) for v in peak]},
+            "rss_bytes_after": stages}
 
 
 def storage_health(data: Collected, metric: str, targets_ms: dict) -> dict[str, Any]:
@@ -346,6 +364,11 @@ def render(s: dict[str, Any]) -> str:
         f"  CPU: {s['cpu']['io_path_s_per_gb']} s/GB on the I/O path,"
         f" {s['cpu']['generation_s_per_gb']} s/GB generating payload",
     ]
+    setup = s.get("setup_s") or {}
+    if setup:
+        lines.append(f"  set-up {setup.get('total', 0):.1f} s ("
+                     + ", ".join(f"{k} {v:.1f}" for k, v in setup.items() if k != "total")
+                     + f"), peak RSS per rank {s['peak_rss_bytes']['max'] / 2**20:,.0f} MiB")
     health = s["storage_health"]
     lines.append(f"  storage health ({health['metric']} latency per QoS class): {health['verdict']}")
     for cls, c in health["classes"].items():
