@@ -277,12 +277,18 @@ def summarize(data: Collected, run: RunFacts) -> dict[str, Any]:
     return summary
 
 
+SETUP_PHASES = ("imports", "start", "workload", "calibration", "tiers", "engine",
+                "trace_distribution", "precondition", "warmup", "sync")   # in pipeline order
+
+
 def footprint(data: Collected) -> dict[str, Any]:
     """Set-up phase times (the slowest rank's, s) and resident memory per rank (the
     counters ``setup.<phase>_us``, ``peak_rss_bytes``, ``memory.<stage>_rss_bytes``)."""
-    setup = {n[len("setup."):-len("_us")]: round(float(data.per_rank_counter(n).max()) / 1e6, 3)
-             for n in data.counter_names if n.startswith("setup.") and n.endswith("_us")}
     total = [n for n in data.counter_names if n.startswith("setup.") and n.endswith("_us")]
+    order = {p: i for i, p in enumerate(SETUP_PHASES)}
+    total.sort(key=lambda n: order.get(n[len("setup."):-len("_us")], len(order)))
+    setup = {n[len("setup."):-len("_us")]: round(float(data.per_rank_counter(n).max()) / 1e6, 3)
+             for n in total}
     if total:   # per rank, then the slowest rank: the phases' maxima may be different ranks
         setup["total"] = round(float(sum(data.per_rank_counter(n) for n in total).max()) / 1e6, 3)
     peak = data.per_rank_counter("peak_rss_bytes")
