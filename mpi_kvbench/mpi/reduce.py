@@ -62,23 +62,25 @@ def collect(comm: Comm, metrics: Metrics, elapsed_ns: int, env: dict,
     percentiles (computed on the rank, from its own counts) and the counters, which is
     a few KiB per rank whatever the run length.
     """
-    hist_names = comm.union(metrics.hist)
-    counter_names = comm.union(metrics.counters)
-    series_names = comm.union(metrics.series)
+    kinds = (metrics.hist, metrics.counters, metrics.series)
+    every = comm.union((k, n) for k, names_ in enumerate(kinds) for n in names_)   # one level walk
+    hist_names, counter_names, series_names = ([n for k, n in every if k == i] for i in range(3))
 
     empty = Histogram()
     hs = [metrics.hist.get(n, empty) for n in hist_names]
-    counts = np.stack([h.counts for h in hs]) if hs else np.zeros((0, N_BUCKETS), np.int64)
-    mins = np.array([h.min_ns for h in hs], dtype=np.int64)
-    maxs = np.array([h.max_ns for h in hs], dtype=np.int64)
-    sums = np.array([h.sum_ns for h in hs], dtype=np.int64)
-    merged = comm.reduce_array(counts, "sum")
-    mmin, mmax, msum = (comm.reduce_array(mins, "min"), comm.reduce_array(maxs, "max"),
-                        comm.reduce_array(sums, "sum"))
-    rank_min, rank_max, rank_sum = (comm.gather_array(a) for a in (mins, maxs, sums))
+    h = len(hs)
+    counts = np.stack([x.counts for x in hs]) if hs else np.zeros((0, N_BUCKETS), np.int64)
+    mins = np.array([x.min_ns for x in hs], dtype=np.int64)
+    maxs = np.array([x.max_ns for x in hs], dtype=np.int64)
+    sums = np.array([x.sum_ns for x in hs], dtype=np.int64)
     mine = np.array([metrics.counters.get(n, 0) for n in counter_names], dtype=np.int64)
-    counters = comm.gather_array(mine)
-    counters_merged = comm.reduce_array(mine, "sum")
+    c = mine.size
+    # few collectives, each one buffer: SUM of counts, sums and counters; MIN of the mins
+    # and the negated maxes (max >= 0); one gather of every per-rank int64
+    total = comm.reduce_array(np.concatenate([counts.ravel(), sums, mine]), "sum")
+    low = comm.reduce_array(np.concatenate([mins, -maxs]), "min")
+    rows = comm.gather_array(np.concatenate([mins, maxs, sums, mine, counts.sum(axis=1),
+                                             [elapsed_ns]]).astype(np.int64))
     length = comm.allreduce(max((a.size for a in metrics.series.values()), default=0), op="max")
     series = np.zeros((len(series_names), length))
     for i, n in enumerate(series_names):
@@ -87,25 +89,30 @@ def collect(comm: Comm, metrics: Metrics, elapsed_ns: int, env: dict,
             series[i, : used.size] = used
     peaks = np.array([n in names.SERIES_MAX for n in series_names], dtype=bool)
     series_sum = comm.reduce_array(series, "sum")
-    series_max = comm.reduce_array(series, "max") if peaks.any() else series_sum
-    per_rank = series_all = rank_count = rank_pcts = None
+    series_max = comm.reduce_array(series[peaks], "max") if peaks.any() else None
+    per_rank = series_all = rank_pcts = None
     if detail == "full":
         per_rank = comm.gather_array(counts)
         series_all = comm.gather_array(series)
     else:
-        rank_count = comm.gather_array(counts.sum(axis=1))
         rank_pcts = comm.gather_array(rank_percentiles(counts, mins, maxs))
-    elapsed = comm.gather_array(np.array([elapsed_ns], dtype=np.int64))
-    envs = comm.gather(env)
-    errors = comm.gather(error) if comm.allreduce(int(error is not None), "sum") else []
+    gathered = comm.gather((env, error))
     if comm.rank != 0:
         return None
-    merged_series = np.where(peaks[:, None], series_max, series_sum)
+    merged = total[: h * N_BUCKETS].reshape(h, N_BUCKETS)
+    msum, counters_merged = total[h * N_BUCKETS: h * N_BUCKETS + h], total[h * N_BUCKETS + h:]
+    mmin, mmax = low[:h], -low[h:]
+    rank_min, rank_max, rank_sum = rows[:, :h], rows[:, h:2 * h], rows[:, 2 * h:3 * h]
+    counters, rank_count, elapsed = rows[:, 3 * h:3 * h + c], rows[:, 3 * h + c:-1], rows[:, -1]
+    merged_series = series_sum
+    if series_max is not None:
+        merged_series[peaks] = series_max
     last = _trim(merged_series[None] if series_all is None else series_all)
     return Collected(hist_names, merged, mmin, mmax, msum, per_rank, rank_min, rank_max, rank_sum,
                      counter_names, counters, series_names,
-                     None if series_all is None else series_all[:, :, :last], elapsed[:, 0], envs,
-                     [e for e in errors if e], detail, rank_count, rank_pcts, counters_merged,
+                     None if series_all is None else series_all[:, :, :last], elapsed,
+                     [e for e, _ in gathered], [x for _, x in gathered if x], detail,
+                     rank_count if detail != "full" else None, rank_pcts, counters_merged,
                      merged_series[:, :last])
 
 
