@@ -55,6 +55,7 @@ class _Hist:
     max_ns: np.ndarray
     sum_ns: np.ndarray
     world_size: int
+    detail: str = "full"          # run.per_rank_detail: "summary" stores no per-rank counts
 
     def rows(self, name: str) -> list[int]:
         """The stored histograms ``name`` stands for: itself, or every ``name.<anything>``
@@ -68,6 +69,9 @@ class _Hist:
         """[H, B] counts of one rank."""
         if not 0 <= rank < self.world_size:
             raise IndexError(f"rank {rank} out of range: the run had {self.world_size} ranks")
+        if self.detail != "full":
+            raise KeyError(f"{self.path} holds no per-rank bucket counts (run.per_rank_detail:"
+                           f" {self.detail}); per-rank percentiles are in Result.percentiles")
         with h5py.File(self.path, "r") as f:
             return f["histograms/per_rank"][rank]
 
@@ -150,7 +154,8 @@ def load(path: PathLike) -> Result:
                           stacklevel=2)
         h = f["histograms"]
         hist = _Hist(p, _strings(h["names"]), h["merged"][()], h["merged_min_ns"][()],
-                     h["merged_max_ns"][()], h["merged_sum_ns"][()], int(f["ranks/elapsed_ns"].shape[0]))
+                     h["merged_max_ns"][()], h["merged_sum_ns"][()], int(f["ranks/elapsed_ns"].shape[0]),
+                     "full" if "per_rank" in h else str(attrs.get("per_rank_detail", "summary")))
         c = f["counters"]
         counter_names = _strings(c["names"])
         counters = pd.DataFrame(c["per_rank"][()], columns=counter_names,
@@ -158,7 +163,11 @@ def load(path: PathLike) -> Result:
         counters_merged = pd.Series(c["merged"][()], index=counter_names, name="merged")
         t = f["timeseries"]
         interval_s = float(t.attrs.get("interval_s", 1.0))
-        timeseries = _timeseries(pd, _strings(t["names"]), t["per_rank"][()], interval_s)
+        if "per_rank" in t:
+            timeseries = _timeseries(pd, _strings(t["names"]), t["per_rank"][()], interval_s)
+        else:   # per_rank_detail: summary: the merged series alone, as rank -1
+            timeseries = _timeseries(pd, _strings(t["names"]), t["merged"][()][None], interval_s)
+            timeseries["rank"] = -1
         env = [json.loads(e) for e in _strings(f["ranks/environment"])]
         elapsed = f["ranks/elapsed_ns"][()]
         errors = _strings(f["errors"]) if "errors" in f else []
@@ -217,9 +226,11 @@ def _percentiles(pd: Any, hist: _Hist, tiers: Sequence[str]) -> pd.DataFrame:
         counts, lo, hi, total = merged[name]
         records.append({"histogram": name, "rank": "all", **_row(counts, lo, hi, total)})
     with h5py.File(hist.path, "r") as f:
-        ds = f["histograms/per_rank"]
         mins, maxs, sums = (f[f"histograms/per_rank_{k}_ns"][()] for k in ("min", "max", "sum"))
-        for rank in range(hist.world_size):
+        if hist.detail != "full":
+            records += _summary_rows(f, groups, len(names), mins, maxs, sums)
+        ds = f["histograms/per_rank"] if hist.detail == "full" else None
+        for rank in range(hist.world_size if ds is not None else 0):
             mine = ds[rank]
             for name, rows in groups:
                 stats = _row(mine[rows].sum(axis=0), float(mins[rank, rows].min()),
@@ -233,6 +244,33 @@ def _percentiles(pd: Any, hist: _Hist, tiers: Sequence[str]) -> pd.DataFrame:
     df.insert(5, "rollup", df["histogram"].isin([g[0] for g in groups[len(names):]]))
     df["count"] = df["count"].astype("int64")
     return df
+
+
+def _summary_rows(f: h5py.File, groups: list, n_names: int, mins: np.ndarray, maxs: np.ndarray,
+                  sums: np.ndarray) -> list[dict]:
+    """Per-rank rows from ``per_rank_detail: summary``: count, mean, min and max are exact;
+    percentiles are the stored ones (those of the rank's own counts, as full detail gives
+    them) and NaN for a rollup, whose pooled counts the file does not hold per rank."""
+    count = f["histograms/per_rank_count"][()]
+    pcts = f["histograms/per_rank_percentiles_ns"][()]
+    keys = [k.decode() if isinstance(k, bytes) else str(k)
+            for k in f["histograms/per_rank_percentiles_ns"].attrs["percentiles"]]
+    records = []
+    for rank in range(count.shape[0]):
+        for g, (name, rows) in enumerate(groups):
+            n = int(count[rank, rows].sum())
+            row: dict[str, Any] = {"histogram": name, "rank": rank, "count": n}
+            if n == 0:
+                row |= {k: math.nan for k in ("mean_ms", "min_ms", *(f"{p}_ms" for p in PERCENTILES),
+                                              "max_ms")}
+            else:
+                row["mean_ms"] = float(sums[rank, rows].sum()) / n / 1e6
+                row["min_ms"] = float(mins[rank, rows].min()) / 1e6
+                for j, key in enumerate(keys):
+                    row[f"{key}_ms"] = pcts[rank, rows[0], j] / 1e6 if g < n_names else math.nan
+                row["max_ms"] = float(maxs[rank, rows].max()) / 1e6
+            records.append(row)
+    return records
 
 
 def histogram_counts(result: Result, histogram: str, rank: int | str = "all") -> np.ndarray:

@@ -78,10 +78,12 @@ class RunSection:
     precondition_device_fills: float
     validation_trace: str
     validation_tolerance: float
+    per_rank_detail: str
 
     def check(self) -> None:
         non_negative(self, "run", ("duration_s", "max_requests", "warmup_s", "watchdog_s", "seed",
                                    "precondition_device_fills"))
+        choice(self, "run", "per_rank_detail", ("full", "summary"))
         positive(self, "run", ("calibrate_gb",))
         if not 0 <= self.precondition <= 1:
             raise ConfigError(f"run.precondition={self.precondition}: give a share of the storage"

@@ -28,6 +28,9 @@ def round_up(n: int, align: int = ALIGN) -> int:
     return -(-n // align) * align
 
 
+MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)   # Python 3.11 lacks the name
+
+
 def aligned_buffer(nbytes: int) -> mmap.mmap:
     """Page-aligned memory (as O_DIRECT needs), faulted in now rather than mid-run.
 
@@ -40,7 +43,10 @@ def aligned_buffer(nbytes: int) -> mmap.mmap:
             buf.madvise(mmap.MADV_HUGEPAGE)
         except OSError:
             pass
-    np.frombuffer(buf, dtype=np.uint8)[:: mmap.PAGESIZE] = 0
+    try:   # one call faults every page in (Linux 5.14+), several times faster than touching
+        buf.madvise(MADV_POPULATE_WRITE)
+    except (OSError, ValueError):
+        np.frombuffer(buf, dtype=np.uint8)[:: mmap.PAGESIZE] = 0
     return buf
 
 

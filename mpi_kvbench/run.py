@@ -33,6 +33,7 @@ from mpi_kvbench.engine import Engine, EngineSettings, StopReason, disagg
 from mpi_kvbench.engine.fill import Filled, fill_device
 from mpi_kvbench.environment import describe
 from mpi_kvbench.errors import CONFIG, FAILED, OK, ConfigError, RunFailed
+from mpi_kvbench.footprint import Footprint, process_age_s
 from mpi_kvbench.interrupt import Interrupts
 from mpi_kvbench.interrupt import name as signal_name
 from mpi_kvbench.interrupt import status as signal_status
@@ -110,6 +111,7 @@ class Run:
     devices: DeviceWindow | None = None   # the first rank of a node: its storage disks' counters
     trace: IoTraceLog | None = None     # the I/O trace log (--io-trace-log)
     filled: Filled | None = None          # this rank's device fill (run.precondition_device_fills)
+    footprint: Footprint = field(default_factory=Footprint)   # set-up times, memory
 
     @property
     def decode(self) -> bool:
@@ -129,11 +131,15 @@ class Phase:
 
 def execute(cfg: Config, command_line: str, quiet: bool = False) -> int:
     """Runs the benchmark on every rank; returns the process exit status."""
+    footprint = Footprint(setup_s={"imports": process_age_s()})
+    footprint.mark("imports")
     comm = world()
     check_launch(comm.size, dict(os.environ))
     with Interrupts() as signals:
         run = _start(cfg, comm, command_line)
         run.console = Console(comm.rank == 0 and not quiet)
+        run.footprint = footprint
+        footprint.lap("start")
         run.signals = signals
         signals.leave = functools.partial(_forget, run)
         comm.watch(lambda: signals.received and f"{signal_name(signals.received)} on rank {comm.rank}")
@@ -217,6 +223,7 @@ def _set_up(run: Run) -> None:
     object_bytes = cfg.geometry.object_bytes
     say = run.console.line
     say(f"set-up: {comm.size} ranks, opening tiers, reading the workload")
+    fp = run.footprint
     exc = None
     try:
         run.workload = WORKLOADS.load(cfg.workload_kind)(cfg.workload, cfg.run.seed)
@@ -225,6 +232,7 @@ def _set_up(run: Run) -> None:
                 say(f"trace: reading {cfg.workload.trace}")
                 run.workload.on_progress = run.console.bar("trace")
             check_window(run.workload.info(), cfg)
+        fp.lap("workload")
         storage = [t for t in cfg.tiers if t.kind == "storage"]
         if cfg.run.calibrate and storage:
             say(f"calibration: {cfg.run.calibrate_gb:g} GB per rank, written then read")
@@ -232,11 +240,15 @@ def _set_up(run: Run) -> None:
             run.calibration = calibrate(
                 storage[0].params, ctx, object_bytes, cfg.io.io_depth,
                 min(storage[0].capacity_bytes, int(cfg.run.calibrate_gb * 1e9)))
+            fp.lap("calibration")
         run.tiers = open_tiers(cfg.tiers, ctx, object_bytes, one_writer=one_writer,
                                group_bcast=run.group.bcast)
+        fp.lap("tiers")
+        fp.mark("tiers")
     except Exception as err:   # noqa: BLE001 - every rank must hear of it
         exc = err
     agree(comm, exc, run.signals)
+    fp.lap("sync")
     for tier in run.tiers:   # a TP group's ranks must plan alike: the smallest capacity rules
         tier.limit_capacity(run.group.allreduce(tier.capacity_bytes, "min"))
     _say_capped(run)
@@ -253,7 +265,10 @@ def _set_up(run: Run) -> None:
         run.engine = Engine(engine_settings(cfg), run.tiers, policy_factory(cfg),
                             write_level=write_level, sources=run.sources, on_prefilled=run.handoff,
                             trace=run.trace)
+        fp.lap("engine")
+        fp.mark("engine")
         run.requests = replica_requests(run.workload, ctx, comm, k or None, cfg.kv.chunk_tokens)
+        fp.lap("trace_distribution")
         if cfg.workload_kind == "replay":   # rank r carries out recorded log r
             run.engine.load_log(run.workload.load(comm.rank, comm.size))
     except Exception as err:   # noqa: BLE001
@@ -265,6 +280,7 @@ def _set_up(run: Run) -> None:
     for tier in run.tiers:
         tier.cleanup()
     run.calibration = comm.gather(run.calibration)
+    fp.lap("sync")
     _banner(run)
 
 
@@ -333,6 +349,7 @@ def _measure(run: Run) -> Phase:
                              " storage tier (not measured)")
             run.engine.precondition(run.cfg.run.precondition, stop=run.comm.stop_requested,
                                     progress=run.console.bar("preconditioning (rank 0, objects)"))
+            run.footprint.lap("precondition")
         if run.cfg.workload_kind == "replay":
             run.engine.prime()
         _warm_up(run)
@@ -373,6 +390,7 @@ def _warm_up(run: Run) -> None:
     run.engine.start_phase(t0)
     run.engine.replay(run.requests, t0 + int(run.cfg.run.warmup_s * 1e9),
                       stop=run.comm.stop_requested)
+    run.footprint.lap("warmup")
 
 
 def _measured_phase(run: Run) -> Phase:
@@ -383,6 +401,7 @@ def _measured_phase(run: Run) -> Phase:
         run.devices.start()
     if run.trace is not None:
         run.trace.start()
+    run.footprint.lap("sync")
     start, wall_start = time.perf_counter_ns(), time.time_ns()
     engine.start_phase(start)
     deadline = start + int(cfg.run.duration_s * 1e9) if cfg.run.duration_s else None
@@ -418,9 +437,12 @@ def _reduce(run: Run, phase: Phase) -> Collected | None:
     if run.devices is not None:   # every rank's I/O of the window is done
         run.devices.stop()
     group_latency(run.group, engine.recorder.log, engine.metrics)
+    for name, value in run.footprint.counters().items():
+        engine.metrics.add(name, value)
     env = describe(run.ctx, comm.library, [t.info() for t in run.tiers])
     env["device_io"] = run.devices.result() if run.devices is not None else None
-    data = collect(comm, engine.metrics, phase.elapsed_ns, env, phase.error)
+    data = collect(comm, engine.metrics, phase.elapsed_ns, env, phase.error,
+                   run.cfg.run.per_rank_detail)
     phase.wall_ns = (comm.allreduce(phase.wall_ns[0], "min"), comm.allreduce(phase.wall_ns[1], "max"))
     run.filled = comm.gather(run.filled)   # per rank, on rank 0
     return data

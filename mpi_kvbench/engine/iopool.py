@@ -95,9 +95,12 @@ class IOPool:
         future.add_done_callback(lambda f: report(op, f.exception() or f.result()))
 
     def _buffer(self):
+        """This thread's own buffer: lent by the payload ring in fresh mode, so a thread
+        holds one object's worth whether it reads or writes."""
         buf = getattr(self._local, "buf", None)
         if buf is None:
-            buf = self._local.buf = aligned_buffer(self.object_bytes)
+            buf = self._local.buf = (self.payload.lend() if self.payload.lends
+                                     else aligned_buffer(self.object_bytes))
         return buf
 
     def _staging(self, index: int) -> Any:
@@ -184,6 +187,11 @@ class IOPool:
             return Done(t0, t1, 0, t1 - t0, 0, nwrite, 0, True)
         if op.kind == WRITE:
             buf = self.payload.take()
+            lends = self.payload.lends
+            if lends:   # the fresh buffer becomes this thread's own; its old one is refilled
+                old, self._local.buf = getattr(self._local, "buf", None), buf
+                if old is not None:
+                    self.payload.give_back(old)
             try:
                 pl.stamp(buf, op.key, op.seq)
                 crc = pl.checksum(buf) if self.verify else 0
@@ -191,7 +199,8 @@ class IOPool:
                 nwrite = self.tiers[op.dst].write(op.dst_slot, buf)
                 t1 = clock()
             finally:
-                self.payload.give_back(buf)
+                if not lends:
+                    self.payload.give_back(buf)
             return Done(t0, t1, 0, t1 - t0, 0, nwrite, crc, True)
         buf = self._bounce(op)
         t0 = clock()

@@ -36,6 +36,7 @@ class Comm(Protocol):
     def allgather(self, obj: Any) -> list: ...
     def gather(self, obj: Any) -> list | None: ...
     def allreduce(self, value: Any, op: str = "sum") -> Any: ...
+    def union(self, items: Any) -> list: ...
     def reduce_array(self, arr: np.ndarray, op: str = "sum") -> np.ndarray | None: ...
     def gather_array(self, arr: np.ndarray) -> np.ndarray | None: ...
     def split(self, color: int, key: int) -> Comm: ...
@@ -78,6 +79,10 @@ class SerialComm:
 
     def allreduce(self, value: Any, op: str = "sum") -> Any:
         return value
+
+    def union(self, items: Any) -> list:
+        """The sorted union of every rank's ``items`` (names), on every rank."""
+        return sorted(set(items))
 
     def reduce_array(self, arr: np.ndarray, op: str = "sum") -> np.ndarray | None:
         return arr.copy()
@@ -176,6 +181,11 @@ class MpiComm(SerialComm):
 
     def allreduce(self, value: Any, op: str = "sum") -> Any:
         return self.comm.allreduce(value, op=self._ops[op])
+
+    def union(self, items: Any) -> list:
+        """A tree reduction of sets (mpi4py's object reduce pairs ranks level by level):
+        each level carries one set of names, not every rank's list as an allgather does."""
+        return sorted(self.comm.allreduce(frozenset(items), op=self._MPI.BOR))
 
     def reduce_array(self, arr: np.ndarray, op: str = "sum") -> np.ndarray | None:
         arr = np.ascontiguousarray(arr)

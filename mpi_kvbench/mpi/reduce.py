@@ -1,17 +1,18 @@
 """End-of-run reductions: every rank's metrics into one data set on rank 0.
 
-Nothing here runs on the per-request path. Histograms are summed element-wise (exact
-pooled percentiles) and also gathered per rank; counters are gathered per rank (the sum
-is the merged figure); time series are gathered per rank, padded to the longest. The
-cost grows with ranks x buckets, never with the number of requests: a TP group's
-per-request maximum is taken inside the group first and only its histogram travels.
+Nothing here runs on the per-request path. Histograms, counters and time series are
+merged by MPI reductions (exact pooled percentiles); per-rank detail is gathered in full
+or as a few figures per rank (``run.per_rank_detail``). The cost grows with ranks x
+buckets in full detail and with ranks x histograms in summary, never with the number of
+requests: a TP group's per-request maximum is taken inside the group first and only its
+histogram travels.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from mpi_kvbench.metrics import N_BUCKETS, Histogram, Metrics
+from mpi_kvbench.metrics import N_BUCKETS, PERCENTILES, Histogram, Metrics, percentile
 from mpi_kvbench.mpi.comm import Comm
 from mpi_kvbench.results import names
 from mpi_kvbench.results.collected import Collected, RequestLog
@@ -46,47 +47,83 @@ def group_latency(group: Comm, log: RequestLog, metrics: Metrics) -> None:
     metrics.add(names.group("requests_completed"), int(common.size))
 
 
+DETAILS = ("full", "summary")   # run.per_rank_detail
+
+
 def collect(comm: Comm, metrics: Metrics, elapsed_ns: int, env: dict,
-            error: str | None) -> Collected | None:
-    """Reduces every rank's metrics to rank 0; returns the data there, None elsewhere."""
-    hist_names = _union(comm, metrics.hist)
-    counter_names = _union(comm, metrics.counters)
-    series_names = _union(comm, metrics.series)
+            error: str | None, detail: str = "full") -> Collected | None:
+    """Reduces every rank's metrics to rank 0; returns the data there, None elsewhere.
+
+    Merged figures travel by MPI reductions of numpy buffers (tree-shaped in every MPI
+    library): bucket counts, min, max and sum of every histogram, the counters and the
+    time series. What is kept per rank depends on ``detail``: ``full`` gathers every
+    rank's bucket counts [H, B] and series [S, T] (rank 0 receives N times that);
+    ``summary`` gathers per rank only each histogram's count, min, max, sum and
+    percentiles (computed on the rank, from its own counts) and the counters, which is
+    a few KiB per rank whatever the run length.
+    """
+    kinds = (metrics.hist, metrics.counters, metrics.series)
+    every = comm.union((k, n) for k, names_ in enumerate(kinds) for n in names_)   # one level walk
+    hist_names, counter_names, series_names = ([n for k, n in every if k == i] for i in range(3))
 
     empty = Histogram()
     hs = [metrics.hist.get(n, empty) for n in hist_names]
-    counts = np.stack([h.counts for h in hs]) if hs else np.zeros((0, N_BUCKETS), np.int64)
-    mins = np.array([h.min_ns for h in hs], dtype=np.int64)
-    maxs = np.array([h.max_ns for h in hs], dtype=np.int64)
-    sums = np.array([h.sum_ns for h in hs], dtype=np.int64)
-    merged = comm.reduce_array(counts, "sum")
-    mmin, mmax, msum = (comm.reduce_array(mins, "min"), comm.reduce_array(maxs, "max"),
-                        comm.reduce_array(sums, "sum"))
-    per_rank = comm.gather_array(counts)
-    rank_min, rank_max, rank_sum = (comm.gather_array(a) for a in (mins, maxs, sums))
-    counters = comm.gather_array(np.array([metrics.counters.get(n, 0) for n in counter_names],
-                                          dtype=np.int64))
+    h = len(hs)
+    counts = np.stack([x.counts for x in hs]) if hs else np.zeros((0, N_BUCKETS), np.int64)
+    mins = np.array([x.min_ns for x in hs], dtype=np.int64)
+    maxs = np.array([x.max_ns for x in hs], dtype=np.int64)
+    sums = np.array([x.sum_ns for x in hs], dtype=np.int64)
+    mine = np.array([metrics.counters.get(n, 0) for n in counter_names], dtype=np.int64)
+    c = mine.size
+    # few collectives, each one buffer: SUM of counts, sums and counters; MIN of the mins
+    # and the negated maxes (max >= 0); one gather of every per-rank int64
+    total = comm.reduce_array(np.concatenate([counts.ravel(), sums, mine]), "sum")
+    low = comm.reduce_array(np.concatenate([mins, -maxs]), "min")
+    rows = comm.gather_array(np.concatenate([mins, maxs, sums, mine, counts.sum(axis=1),
+                                             [elapsed_ns]]).astype(np.int64))
     length = comm.allreduce(max((a.size for a in metrics.series.values()), default=0), op="max")
     series = np.zeros((len(series_names), length))
     for i, n in enumerate(series_names):
         if n in metrics.series:
             used = metrics.series[n][:length]
             series[i, : used.size] = used
-    series_all = comm.gather_array(series)
-    elapsed = comm.gather_array(np.array([elapsed_ns], dtype=np.int64))
-    envs = comm.gather(env)
-    errors = comm.gather(error)
+    peaks = np.array([n in names.SERIES_MAX for n in series_names], dtype=bool)
+    series_sum = comm.reduce_array(series, "sum")
+    series_max = comm.reduce_array(series[peaks], "max") if peaks.any() else None
+    per_rank = series_all = rank_pcts = None
+    if detail == "full":
+        per_rank = comm.gather_array(counts)
+        series_all = comm.gather_array(series)
+    else:
+        rank_pcts = comm.gather_array(rank_percentiles(counts, mins, maxs))
+    gathered = comm.gather((env, error))
     if comm.rank != 0:
         return None
-    last = _trim(series_all)
+    merged = total[: h * N_BUCKETS].reshape(h, N_BUCKETS)
+    msum, counters_merged = total[h * N_BUCKETS: h * N_BUCKETS + h], total[h * N_BUCKETS + h:]
+    mmin, mmax = low[:h], -low[h:]
+    rank_min, rank_max, rank_sum = rows[:, :h], rows[:, h:2 * h], rows[:, 2 * h:3 * h]
+    counters, rank_count, elapsed = rows[:, 3 * h:3 * h + c], rows[:, 3 * h + c:-1], rows[:, -1]
+    merged_series = series_sum
+    if series_max is not None:
+        merged_series[peaks] = series_max
+    last = _trim(merged_series[None] if series_all is None else series_all)
     return Collected(hist_names, merged, mmin, mmax, msum, per_rank, rank_min, rank_max, rank_sum,
-                     counter_names, counters,
-                     series_names, series_all[:, :, :last], elapsed[:, 0], envs,
-                     [e for e in errors if e])
+                     counter_names, counters, series_names,
+                     None if series_all is None else series_all[:, :, :last], elapsed,
+                     [e for e, _ in gathered], [x for _, x in gathered if x], detail,
+                     rank_count if detail != "full" else None, rank_pcts, counters_merged,
+                     merged_series[:, :last])
 
 
-def _union(comm: Comm, names: dict) -> list[str]:
-    return sorted(set().union(*comm.allgather(sorted(names))))
+def rank_percentiles(counts: np.ndarray, mins: np.ndarray, maxs: np.ndarray) -> np.ndarray:
+    """[H, P] float64: each histogram's percentiles (ns) of ``metrics.PERCENTILES``, as
+    ``metrics.percentile`` gives them clamped to the exact min and max; NaN when empty."""
+    out = np.full((counts.shape[0], len(PERCENTILES)), np.nan)
+    for i, row in enumerate(counts):
+        if row.any():
+            out[i] = [percentile(row, q, mins[i], maxs[i]) for q in PERCENTILES.values()]
+    return out
 
 
 def _trim(series: np.ndarray) -> int:

@@ -33,24 +33,35 @@ class RequestLog:
 
 @dataclass
 class Collected:
-    """Everything rank 0 needs to write the result (None elsewhere)."""
+    """Everything rank 0 needs to write the result (None elsewhere).
+
+    ``detail`` is ``run.per_rank_detail``: with ``full`` every rank's bucket counts and
+    time series are kept (``per_rank``, ``series``); with ``summary`` they are None and
+    each rank is kept as its histograms' count, min, max, sum and percentiles
+    (``per_rank_count``, ``per_rank_pcts_ns``). The merged figures are the same in both.
+    """
 
     hist_names: list[str]
     merged: np.ndarray                # [H, B] int64
     merged_min_ns: np.ndarray         # [H]
     merged_max_ns: np.ndarray
     merged_sum_ns: np.ndarray
-    per_rank: np.ndarray              # [N, H, B]
+    per_rank: np.ndarray | None       # [N, H, B]; None with detail "summary"
     per_rank_min_ns: np.ndarray       # [N, H]
     per_rank_max_ns: np.ndarray
     per_rank_sum_ns: np.ndarray
     counter_names: list[str]
     counters: np.ndarray              # [N, C]
     series_names: list[str]
-    series: np.ndarray                # [N, S, T]
+    series: np.ndarray | None         # [N, S, T]; None with detail "summary"
     elapsed_ns: np.ndarray            # [N] each rank's measured-phase length
     env: list[dict]
     errors: list[str] = field(default_factory=list)
+    detail: str = "full"
+    per_rank_count: np.ndarray | None = None     # [N, H] samples per rank and histogram
+    per_rank_pcts_ns: np.ndarray | None = None   # [N, H, P] float64, P = metrics.PERCENTILES
+    counters_merged: np.ndarray | None = None    # [C] reduced by SUM (counters.sum(0))
+    series_merged: np.ndarray | None = None      # [S, T] SUM over ranks (MAX for names.SERIES_MAX)
 
     def hist(self, name: str) -> Histogram:
         i = self.hist_names.index(name)
@@ -60,7 +71,10 @@ class Collected:
     def counter(self, name: str) -> int:
         if name not in self.counter_names:
             return 0
-        return int(self.counters[:, self.counter_names.index(name)].sum())
+        i = self.counter_names.index(name)
+        if self.counters_merged is not None:
+            return int(self.counters_merged[i])
+        return int(self.counters[:, i].sum())
 
     def per_rank_counter(self, name: str) -> np.ndarray:
         """One counter of every rank (zeros when no rank counted it)."""

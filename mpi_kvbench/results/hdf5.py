@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from mpi_kvbench import SCHEMA_VERSION, __version__
-from mpi_kvbench.metrics import EDGES
+from mpi_kvbench.metrics import EDGES, PERCENTILES
 from mpi_kvbench.results.collected import Collected
 from mpi_kvbench.results.summary import RunFacts
 
@@ -87,18 +87,28 @@ def write_hdf5(path: str, data: Collected, attrs: dict[str, Any], summary: dict[
         h.create_dataset("merged_min_ns", data=data.merged_min_ns)
         h.create_dataset("merged_max_ns", data=data.merged_max_ns)
         h.create_dataset("merged_sum_ns", data=data.merged_sum_ns)
-        h.create_dataset("per_rank", data=data.per_rank, compression="gzip")
+        f.attrs["per_rank_detail"] = data.detail
+        if data.per_rank is not None:
+            h.create_dataset("per_rank", data=data.per_rank, compression="gzip")
+        if data.per_rank_count is not None:
+            h.create_dataset("per_rank_count", data=data.per_rank_count)
+            p = h.create_dataset("per_rank_percentiles_ns", data=data.per_rank_pcts_ns)
+            p.attrs["percentiles"] = list(PERCENTILES)
         h.create_dataset("per_rank_min_ns", data=data.per_rank_min_ns)
         h.create_dataset("per_rank_max_ns", data=data.per_rank_max_ns)
         h.create_dataset("per_rank_sum_ns", data=data.per_rank_sum_ns)
         c = f.create_group("counters")
         _strings(c, "names", data.counter_names)
         c.create_dataset("per_rank", data=data.counters)
-        c.create_dataset("merged", data=data.counters.sum(axis=0))
+        c.create_dataset("merged", data=data.counters.sum(axis=0) if data.counters_merged is None
+                         else data.counters_merged)
         t = f.create_group("timeseries")
         t.attrs["interval_s"] = 1.0
         _strings(t, "names", data.series_names)
-        t.create_dataset("per_rank", data=data.series, compression="gzip")
+        if data.series is not None:
+            t.create_dataset("per_rank", data=data.series, compression="gzip")
+        if data.series_merged is not None:
+            t.create_dataset("merged", data=data.series_merged, compression="gzip")
         r = f.create_group("ranks")
         r.create_dataset("elapsed_ns", data=data.elapsed_ns)
         _strings(r, "environment", [json.dumps(e) for e in data.env])

@@ -23,6 +23,7 @@ REQUEST_TTFT = "request.ttft_proxy"
 REQUEST_PREFILL_STORAGE = "request.prefill_storage"
 HANDOFF = "handoff"
 GROUP_METRICS = ("e2e", "prefill_storage")   # per-request TP-group maxima
+SERIES_MAX = ("queue_delay_ms_max",)         # 1-s series merged over ranks by MAX, not SUM
 
 
 def tier_op(tier: str, op: str, phase: str | None = None) -> str:

@@ -292,6 +292,7 @@ def summarize(data: Collected, run: RunFacts) -> dict[str, Any]:
     if calibrated:
         summary["calibration"] = calibrated
     summary["provenance"] = provenance(data, run)
+    summary.update(footprint(data))
     return summary
 
 
@@ -404,6 +405,29 @@ def device_io(data: Collected) -> dict[str, Any] | None:
             "nodes": nodes}
 
 
+SETUP_PHASES = ("imports", "start", "workload", "calibration", "tiers", "engine",
+                "trace_distribution", "precondition", "warmup", "sync")   # in pipeline order
+
+
+def footprint(data: Collected) -> dict[str, Any]:
+    """Set-up phase times (the slowest rank's, s) and resident memory per rank (the
+    counters ``setup.<phase>_us``, ``peak_rss_bytes``, ``memory.<stage>_rss_bytes``)."""
+    total = [n for n in data.counter_names if n.startswith("setup.") and n.endswith("_us")]
+    order = {p: i for i, p in enumerate(SETUP_PHASES)}
+    total.sort(key=lambda n: order.get(n[len("setup."):-len("_us")], len(order)))
+    setup = {n[len("setup."):-len("_us")]: round(float(data.per_rank_counter(n).max()) / 1e6, 3)
+             for n in total}
+    if total:   # per rank, then the slowest rank: the phases' maxima may be different ranks
+        setup["total"] = round(float(sum(data.per_rank_counter(n) for n in total).max()) / 1e6, 3)
+    peak = data.per_rank_counter("peak_rss_bytes")
+    stages = {n[len("memory."):-len("_rss_bytes")]: int(data.per_rank_counter(n).max())
+              for n in data.counter_names if n.startswith("memory.") and n.endswith("_rss_bytes")}
+    return {"setup_s": setup,
+            "peak_rss_bytes": {"max": int(peak.max()) if peak.size else 0,
+                               "per_rank": [int(v) for v in peak]},
+            "rss_bytes_after": stages}
+
+
 def storage_health(data: Collected, metric: str, targets_ms: dict) -> dict[str, Any]:
     """PASS/FAIL per QoS class: each targeted percentile of the class's TP-group latency
     against its target. A percentile needs at least 100 / (100 - q) samples to mean
@@ -479,6 +503,11 @@ def render(s: dict[str, Any]) -> str:
     if fill:
         lines.append(f"  precondition: {fill['fills']:g} device fills, {fill['bytes'] / 1e9:.3f} GB written"
                      f" in {fill['seconds']:.1f} s ({fill['gbps']} GB/s), before measuring")
+    setup = s.get("setup_s") or {}
+    if setup:
+        lines.append(f"  set-up {setup.get('total', 0):.1f} s ("
+                     + ", ".join(f"{k} {v:.1f}" for k, v in setup.items() if k != "total")
+                     + f"), peak RSS per rank {s['peak_rss_bytes']['max'] / 2**20:,.0f} MiB")
     health = s["storage_health"]
     lines.append(f"  storage health ({health['metric']} latency per QoS class): {health['verdict']}")
     for cls, c in health["classes"].items():

@@ -159,7 +159,7 @@ def test_same_seed_same_operations_per_rank(four_rank_run: FourRanks, tmp_path: 
         with f:
             cn = names(f["counters"])
             keep = [i for i, n in enumerate(cn) if n.endswith(("_ops", "_bytes", "chunk_hits"))
-                    and not n.startswith(("payload", "cpu"))]
+                    and not n.startswith(("payload", "cpu", "memory", "peak_rss"))]
             runs.append(({cn[i] for i in keep}, f["counters/per_rank"][()][:, keep]))
     assert runs[0][0] == runs[1][0]
     np.testing.assert_array_equal(runs[0][1], runs[1][1])

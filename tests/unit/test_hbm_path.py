@@ -52,6 +52,8 @@ def tiers():
 class NoPayload:
     """A payload source that must not be used: the produce path takes no host bytes."""
 
+    lends = False   # I/O threads make their own read buffers
+
     def take(self):
         raise AssertionError("the host payload ring was used")
 

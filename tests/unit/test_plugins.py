@@ -4,7 +4,7 @@ policies built with their Params."""
 from __future__ import annotations
 
 import dataclasses
-from importlib.metadata import EntryPoint
+from importlib.metadata import EntryPoint, EntryPoints
 
 import pytest
 
@@ -15,10 +15,8 @@ from mpi_kvbench.run import policy_factory
 
 
 def fake_entry_points(monkeypatch: pytest.MonkeyPatch, group_name: str, **eps: str) -> None:
-    def entry_points(group: str) -> list[EntryPoint]:
-        return [EntryPoint(n, v, group) for n, v in eps.items()] if group == group_name else []
-
-    monkeypatch.setattr(registry, "entry_points", entry_points)
+    installed = EntryPoints(EntryPoint(n, v, group_name) for n, v in eps.items())
+    monkeypatch.setattr(registry, "_installed", lambda: installed)
 
 
 def test_a_plugin_that_takes_a_builtin_name_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
