@@ -59,7 +59,7 @@ GEN_STREAM_BYTES = 1 << 40 # a whole number of blocks
 RING_BYTES = 64 << 20      # more than zstd's largest default window (8 MiB at level 19)
 HEADROOM = 2.0             # generation capacity kept above the writers' demand
 _STAMP = struct.Struct("=3Q")   # a block's stamp: key, write sequence, offset (native uint64)
-SPARE_BYTES = 128 << 20    # fresh mode: the most kept ready beyond the I/O threads' own
+SPARE_BYTES = 320 << 20    # fresh mode: the most kept ready beyond the I/O threads' own
 LOCAL_RANKS_ENV = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE",
                    "SLURM_NTASKS_PER_NODE")
 
@@ -193,8 +193,9 @@ class PayloadSource:
         # window of any compressor or dedup engine that looks at a stream; fresh mode keeps
         # a second depth's worth ready, so a wave of writes that all end at once finds its
         # next buffers made (depth + 2 stalled on every such wave of large objects), up to
-        # SPARE_BYTES: 10 x 32 MiB would be 320 MiB a rank, for waves generation refills
-        # in a few ms per buffer. In fresh mode the I/O threads keep their buffer (``lend``):
+        # SPARE_BYTES (320 MiB: 10 x 32 MiB. A cap of 128 MiB, 4 spares, saved 192 MiB a rank
+        # but gave 54-88 payload stalls per 10 s saturation run on two cores, against 0
+        # here: generation must never hold the device back). In fresh mode the I/O threads keep their buffer (``lend``):
         # one buffer per thread serves its reads and writes alike, not one of each.
         spare = depth + 2 if mode == "fresh" else 2
         if mode == "fresh" and spare * object_bytes > SPARE_BYTES:
