@@ -195,8 +195,9 @@ class PayloadSource:
         # next buffers made (depth + 2 stalled on every such wave of large objects), up to
         # SPARE_BYTES (320 MiB: 10 x 32 MiB. A cap of 128 MiB, 4 spares, saved 192 MiB a rank
         # but gave 54-88 payload stalls per 10 s saturation run on two cores, against 0
-        # here: generation must never hold the device back). In fresh mode the I/O threads keep their buffer (``lend``):
-        # one buffer per thread serves its reads and writes alike, not one of each.
+        # here: generation must never hold the device back). In fresh mode the I/O threads
+        # keep their buffer (``lend``): one buffer per thread serves its reads and writes
+        # alike, not one of each.
         spare = depth + 2 if mode == "fresh" else 2
         if mode == "fresh" and spare * object_bytes > SPARE_BYTES:
             spare = max(2, SPARE_BYTES // object_bytes)
