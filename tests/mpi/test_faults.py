@@ -79,12 +79,18 @@ def test_a_signal_to_one_rank_ends_the_run_in_order(tmp_path: Path, sig: str) ->
     no_scratch(tmp_path)
 
 
+def default_hangup() -> None:
+    """A launcher started under nohup inherits SIGHUP ignored, and a shell cannot trap a
+    signal ignored on entry: these tests start it as a terminal would."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def launch(tmp: Path, argv: list[str], env: dict | None = None) -> tuple[subprocess.Popen, float]:
     """Starts the run in a process group of its own, waits until rank 1 has made the
     marker (it is well inside the measured phase then), and returns the launcher."""
     proc = subprocess.Popen(argv, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**environment(tmp), **(env or {})},
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=default_hangup)
     t0 = time.monotonic()
     while not (tmp / "marker").exists():
         assert proc.poll() is None, proc.communicate()[1][-2000:]
