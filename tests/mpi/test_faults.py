@@ -148,7 +148,9 @@ def test_an_interrupt_in_an_io_thread_is_a_rank_failure(tmp_path: Path) -> None:
 
 def test_the_watchdog_ends_a_stalled_run(tmp_path: Path) -> None:
     proc, took = run(tmp_path, "stall", "--set", "run.watchdog_s=2")
-    assert proc.returncode == 1, proc.stderr[-2000:]
+    # every rank returns 1; the stalled rank leaves first (its stuck thread cannot be
+    # joined), and MPICH's mpirun may then kill the others mid-teardown and report 9
+    assert proc.returncode in (1, 9), proc.stderr[-2000:]
     assert took < BOUND_S
     line = errors(proc)
     assert len(line) == 1 and "rank 1" in line[0] and "watchdog" in line[0]
