@@ -471,6 +471,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lazy(module: str, name: str):
+    """A command's function, imported only when that command runs."""
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
@@ -484,30 +491,17 @@ def main(argv: list[str] | None = None) -> int:
                 args = parser.parse_args(["run", *argv] if plain else argv)   # run is the default
         except SystemExit as done:   # --help, --version
             return done.code if isinstance(done.code, int) else 0
-        if args.command == "models":
-            return cmd_models(args)
-        if args.command == "configs":
-            return cmd_configs()
-        if args.command == "calibrate":
-            return cmd_calibrate(args)
-        if args.command == "export":
-            return cmd_export(args)
-        if args.command == "checkpoint":
-            return cmd_checkpoint(args, argv)
-        if args.command == "replay":
-            from mpi_kvbench.replay import cmd_replay
-            return cmd_replay(args, argv)
-        if args.command == "export-fio":
-            from mpi_kvbench.fio_export import cmd_export_fio
-            return cmd_export_fio(args)
-        if args.command == "suite":
-            return cmd_suite(args, argv)
-        if args.command == "datasize":
-            return cmd_datasize(args)
-        if args.command == "sweep":
-            return cmd_sweep(args, argv)
-        if args.command == "autoscale":
-            return cmd_autoscale(args, argv)
+        commands = {
+            "models": lambda: cmd_models(args), "configs": cmd_configs,
+            "calibrate": lambda: cmd_calibrate(args), "export": lambda: cmd_export(args),
+            "checkpoint": lambda: cmd_checkpoint(args, argv),
+            "replay": lambda: _lazy("mpi_kvbench.replay", "cmd_replay")(args, argv),
+            "export-fio": lambda: _lazy("mpi_kvbench.fio_export", "cmd_export_fio")(args),
+            "suite": lambda: cmd_suite(args, argv), "datasize": lambda: cmd_datasize(args),
+            "sweep": lambda: cmd_sweep(args, argv), "autoscale": lambda: cmd_autoscale(args, argv),
+        }
+        if args.command in commands:
+            return commands[args.command]()
         return cmd_run(args, argv)
     except ConfigError as err:
         if launch_rank() == 0:

@@ -136,6 +136,15 @@ class Recorder:
         lat: dict[tuple[str, str], list[int]] = {}
         vol: dict[tuple[str, str, int], list[int]] = {}
         start = self.start_ns
+
+        def tally(tier: str, what: str, sec: int, ns: int, nbytes: int, began: int) -> None:
+            lat.setdefault((tier, what), []).append(ns)
+            v = vol.setdefault((tier, what, sec), [0, 0])
+            v[0] += 1
+            v[1] += nbytes
+            if ns:     # an empty interval adds no busy time
+                span.setdefault(tier, []).append((began, began + ns))
+
         for op, d in zip(ops, results, strict=True):
             sec = max(0, (d.end - start) // 1_000_000_000)
             if op.kind == DROP:
@@ -143,13 +152,7 @@ class Recorder:
                 vol.setdefault((tiers[op.src], "delete", sec), [0, 0])[0] += 1
                 continue
             if op.kind != WRITE:
-                tier = tiers[op.src]
-                lat.setdefault((tier, "read"), []).append(d.read_ns)
-                v = vol.setdefault((tier, "read", sec), [0, 0])
-                v[0] += 1
-                v[1] += d.read_bytes
-                if d.read_ns:     # an empty interval adds no busy time
-                    span.setdefault(tier, []).append((d.start, d.start + d.read_ns))
+                tally(tiers[op.src], "read", sec, d.read_ns, d.read_bytes, d.start)
                 if not d.ok:
                     m.add("verify_mismatches")
                 if self.verify and op.crc >= 0:
@@ -159,13 +162,7 @@ class Recorder:
                     if not d.stamp_ok:   # a region never written, or truncated away
                         m.add("stamp_mismatches")
             if op.kind != READ:
-                tier = tiers[op.dst]
-                lat.setdefault((tier, "write"), []).append(d.write_ns)
-                v = vol.setdefault((tier, "write", sec), [0, 0])
-                v[0] += 1
-                v[1] += d.write_bytes
-                if d.write_ns:
-                    span.setdefault(tier, []).append((d.end - d.write_ns, d.end))
+                tally(tiers[op.dst], "write", sec, d.write_ns, d.write_bytes, d.end - d.write_ns)
             if op.kind == MOVE:
                 family = "demotion" if op.dst > op.src else "promotion"
                 m.record(names.move(family, tiers[op.src]), d.end - d.start)

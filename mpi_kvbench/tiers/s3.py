@@ -53,6 +53,17 @@ ENDPOINT_VARS = ("S3_ENDPOINT_URIS", "S3_ENDPOINT_TEMPLATE", "S3_ENDPOINT_FILE",
                  "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 
 
+def read_fully(reader: Any, out: memoryview) -> int:
+    """Reads a response body into ``out`` until it is full or the body ends; bytes read."""
+    done = 0
+    while done < len(out):
+        got = reader.readinto(out[done:])
+        if not got:
+            break
+        done += got
+    return done
+
+
 @dataclass(frozen=True)
 class Credentials:
     access_key: str
@@ -229,13 +240,7 @@ class MinioClient(Client):
     def get_into(self, bucket: str, key: str, out: memoryview) -> int:
         resp = self._mc.get_object(bucket, key)
         try:
-            done = 0
-            while done < len(out):
-                got = resp.readinto(out[done:])
-                if not got:
-                    break
-                done += got
-            return done
+            return read_fully(resp, out)
         finally:
             resp.close()
             resp.release_conn()
@@ -385,14 +390,7 @@ class S3TorchClient(Client):
         return sent
 
     def get_into(self, bucket: str, key: str, out: memoryview) -> int:
-        reader = self._c.get_object(bucket, key)
-        done = 0
-        while done < len(out):
-            got = reader.readinto(out[done:])
-            if not got:
-                break
-            done += got
-        return done
+        return read_fully(self._c.get_object(bucket, key), out)
 
     def get_stream(self, bucket: str, key: str) -> Any:
         return self._c.get_object(bucket, key)
