@@ -158,10 +158,12 @@ class EngineSection:
 class IOSection:
     io_depth: int
     payload: str
+    payload_spare_mb: int
     verify: bool
 
     def check(self) -> None:
         positive(self, "io", ("io_depth",))
+        non_negative(self, "io", ("payload_spare_mb",))
         at_most(self, "io", {"io_depth": 1024})   # one thread each
         choice(self, "io", "payload", ("fresh", "reuse"))
 

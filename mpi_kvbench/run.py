@@ -57,7 +57,8 @@ def engine_settings(cfg: Config) -> EngineSettings:
         geometry=cfg.geometry, decode_mode=e.decode_mode, decode_batch=e.decode_batch,
         promotion=e.promotion, prefill_tokens_per_s=e.prefill_tokens_per_s,
         time_per_output_token_ms=e.time_per_output_token_ms, high_watermark=e.high_watermark,
-        low_watermark=e.low_watermark, io_depth=io.io_depth, payload=io.payload, verify=io.verify,
+        low_watermark=e.low_watermark, io_depth=io.io_depth, payload=io.payload,
+        payload_spare_bytes=io.payload_spare_mb << 20, verify=io.verify,
         max_batch=e.max_batch, scheduling=e.scheduling,
         watchdog_s=cfg.run.watchdog_s)
 

@@ -59,7 +59,7 @@ GEN_STREAM_BYTES = 1 << 40 # a whole number of blocks
 RING_BYTES = 64 << 20      # more than zstd's largest default window (8 MiB at level 19)
 HEADROOM = 2.0             # generation capacity kept above the writers' demand
 _STAMP = struct.Struct("=3Q")   # a block's stamp: key, write sequence, offset (native uint64)
-SPARE_BYTES = 320 << 20    # fresh mode: the most kept ready beyond the I/O threads' own
+SPARE_BYTES = 320 << 20    # fresh mode, by default: the most made ahead beyond the I/O threads' own
 LOCAL_RANKS_ENV = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE",
                    "SLURM_NTASKS_PER_NODE")
 
@@ -182,25 +182,27 @@ class PayloadSource:
     the writers need (see the module notes)."""
 
     def __init__(self, object_bytes: int, depth: int, mode: str = "fresh", *, threads: int = 1,
-                 max_threads: int | None = None, ring_bytes: int = RING_BYTES) -> None:
+                 max_threads: int | None = None, ring_bytes: int = RING_BYTES,
+                 spare_bytes: int = SPARE_BYTES) -> None:
         self.object_bytes = object_bytes
         self.mode = mode
         self.max_threads = max(1, generator_cap() if max_threads is None else max_threads)
         self.stalls = 0
+        self.stall_ns = 0          # writers' wait for a ready buffer, summed: what stalls cost
         self._ready: queue.SimpleQueue = queue.SimpleQueue()
         self._empty: queue.SimpleQueue = queue.SimpleQueue()
         # at least ring_bytes in the ring, so even reused bytes repeat only beyond the
-        # window of any compressor or dedup engine that looks at a stream; fresh mode keeps
-        # a second depth's worth ready, so a wave of writes that all end at once finds its
-        # next buffers made (depth + 2 stalled on every such wave of large objects), up to
-        # SPARE_BYTES (320 MiB: 10 x 32 MiB. A cap of 128 MiB, 4 spares, saved 192 MiB a rank
-        # but gave 54-88 payload stalls per 10 s saturation run on two cores, against 0
-        # here: generation must never hold the device back). In fresh mode the I/O threads
-        # keep their buffer (``lend``): one buffer per thread serves its reads and writes
-        # alike, not one of each.
+        # window of any compressor or dedup engine that looks at a stream. In fresh mode the
+        # I/O threads keep their buffer (``lend``: one buffer per thread serves its reads
+        # and writes alike), and a second depth's worth is kept ready, so a wave of writes
+        # that all end at once finds its next buffers made, up to ``spare_bytes`` (two at
+        # least: a thread takes its next buffer before it gives its last one back). The
+        # default 320 MiB (ten 32 MiB spares) is what generation on two cores needed:
+        # two spares cost 8% of storage GB/s there and 0.8-1.4 s of writers' wait per
+        # second (docs/DESIGN-NOTES.md, "Payload spares").
         spare = depth + 2 if mode == "fresh" else 2
-        if mode == "fresh" and spare * object_bytes > SPARE_BYTES:
-            spare = max(2, SPARE_BYTES // object_bytes)
+        if mode == "fresh":
+            spare = max(2, min(spare, spare_bytes // object_bytes))
         count = max(depth + spare, -(-ring_bytes // object_bytes))
         self._buffers = [aligned_buffer(object_bytes) for _ in range(count)]
         self._generators: list[_Generator] = []
@@ -238,6 +240,11 @@ class PayloadSource:
         return self._own_bytes + sum(g.bytes for g in tuple(self._generators))
 
     @property
+    def ring_bytes(self) -> int:
+        """Memory the ring holds: what a rank pays for payload beyond its tiers."""
+        return len(self._buffers) * self.object_bytes
+
+    @property
     def threads(self) -> int:
         """Generator threads started so far."""
         return len(self._generators)
@@ -258,10 +265,14 @@ class PayloadSource:
         try:
             buf = self._ready.get_nowait()
         except queue.Empty:
+            t0 = time.perf_counter_ns()
             with self._lock:
                 self.stalls += 1
                 self._grow()
             buf = self._ready.get()
+            waited = time.perf_counter_ns() - t0
+            with self._lock:
+                self.stall_ns += waited
         if isinstance(buf, BaseException):
             self._ready.put(buf)                 # every other writer fails the same way
             raise RuntimeError("payload generation failed") from buf

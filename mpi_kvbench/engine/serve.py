@@ -74,6 +74,7 @@ class EngineSettings:
     low_watermark: float
     io_depth: int
     payload: str                     # "fresh" or "reuse"
+    payload_spare_bytes: int         # fresh: the most made ahead beyond the I/O threads' own
     verify: bool
     max_batch: int                   # requests in flight per rank
     scheduling: str                  # "fifo" or "priority"
@@ -158,7 +159,7 @@ class Engine:
         levels = watermark_levels(self.names, [t.slots for t in self.tiers], s.high_watermark,
                                   s.low_watermark, [policy() for _ in self.tiers])
         self.cache = Hierarchy(levels, obj)
-        self.payload = PayloadSource(obj, s.io_depth, s.payload)
+        self.payload = PayloadSource(obj, s.io_depth, s.payload, spare_bytes=s.payload_spare_bytes)
         self.pool = IOPool([*self.tiers, *sources], obj, s.io_depth, self.payload, s.verify)
         self.recorder = Recorder([*self.names, *(t.level for t in sources)],
                                  s.geometry.chunk_tokens, s.geometry.objects_per_chunk, s.verify,
@@ -172,7 +173,7 @@ class Engine:
         self._seq = 0
         self._stop: Callable[[], object] = lambda: None
         self.stalled = False                     # the watchdog fired: a thread is stuck
-        self._phase0 = (cpu_s(), 0.0, 0, 0)
+        self._phase0 = (cpu_s(), 0.0, 0, 0, 0)
         self.completed = 0
         self.peak_used = [0] * len(self.tiers)
         # requests in flight and the operations they planned
@@ -211,17 +212,18 @@ class Engine:
         self._max_inflight = len(self._flights)
         self._inflight_since = start_ns
         p = self.payload
-        self._phase0 = (cpu_s(), p.generator_cpu_s, p.generated_bytes, p.stalls)
+        self._phase0 = (cpu_s(), p.generator_cpu_s, p.generated_bytes, p.stalls, p.stall_ns)
 
     def end_phase(self) -> None:
         """Records what the phase cost: process and payload CPU, payload stalls, the peak
         bytes each tier held, and how busy the batch was."""
-        cpu0, gen0, bytes0, stalls0 = self._phase0
+        cpu0, gen0, bytes0, stalls0, stall_ns0 = self._phase0
         p, r = self.payload, self.recorder
         r.count("cpu.process_us", int((cpu_s() - cpu0) * 1e6))
         r.count("cpu.generation_us", int((p.generator_cpu_s - gen0) * 1e6))
         r.count("payload.generated_bytes", p.generated_bytes - bytes0)
         r.count("payload.stalls", p.stalls - stalls0)
+        r.count("payload.stall_ns", p.stall_ns - stall_ns0)
         for name, peak in zip(self.names, self.peak_used, strict=True):
             r.count(names.tier_counter(name, "peak_used_bytes"), peak)
         self._occupancy(time.perf_counter_ns())

@@ -275,6 +275,7 @@ def summarize(data: Collected, run: RunFacts) -> dict[str, Any]:
             "generation_s_per_gb": round(gen_s / (data.counter("payload.generated_bytes") / 1e9), 4)
             if data.counter("payload.generated_bytes") else None,
             "payload_stalls": data.counter("payload.stalls"),
+            "payload_stall_s": round(data.counter("payload.stall_ns") / 1e9, 3),
         },
         "stonewall": {   # IOR-style: the first rank to finish its share stops the others
             "enabled": run.stonewall,

@@ -66,6 +66,7 @@ CASES = [
     ("set-typo", ["--set", "io.io_dept=4"], ["io.io_dept", "io_depth"]),
     ("set-type", ["--set", "io.io_depth=abc"], ["io.io_depth", "int"]),
     ("set-zero", ["--set", "io.io_depth=0"], ["io.io_depth"]),
+    ("spare-negative", ["--set", "io.payload_spare_mb=-1"], ["io.payload_spare_mb"]),
     ("set-bool", ["--set", "io.verify=maybe"], ["io.verify"]),
     ("set-section", ["--set", "ioo.io_depth=4"], ["ioo", "'io'"]),
     ("set-workload", ["--set", "workload.usres=3"], ["workload.usres", "users"]),

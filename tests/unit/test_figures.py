@@ -191,6 +191,8 @@ def test_cpu_per_gb_separates_payload_generation(run: Result) -> None:
     assert cpu["process_s_per_gb"] == pytest.approx(cpu_s / gb, rel=1e-3, abs=1e-4)
     generated_gb = run.total("payload.generated_bytes") / 1e9
     assert cpu["generation_s_per_gb"] == pytest.approx(gen_s / generated_gb, rel=1e-3, abs=1e-4)
+    assert cpu["payload_stalls"] == run.total("payload.stalls")
+    assert cpu["payload_stall_s"] == pytest.approx(run.total("payload.stall_ns") / 1e9, abs=1e-3)
 
 
 def test_calibration_summary_is_all_bytes_over_the_slowest_rank(cold: Result) -> None:

@@ -91,15 +91,21 @@ def test_a_stall_is_counted_per_take_and_adds_one_thread_at_a_time(monkeypatch) 
     src = PayloadSource(4 * BLOCK, 4, "fresh", threads=1, max_threads=4, ring_bytes=0)
     got: list = []
     writers = [threading.Thread(target=lambda: got.append(src.take())) for _ in range(4)]
+    t_start = time.perf_counter_ns()
     try:
         for w in writers:
             w.start()
         wait_for(lambda: src.stalls == 4, "four stalls")
+        stalled = time.perf_counter_ns()      # every writer is waiting by now
         assert src.threads == 1               # the first generator has not filled anything yet
+        opened = time.perf_counter_ns()
         gate.set()
         for w in writers:
             w.join()
+        done = time.perf_counter_ns()
         assert src.stalls == 4 and len(got) == 4
+        # each writer waited from before ``stalled`` until after ``opened``, within the test
+        assert 4 * (opened - stalled) <= src.stall_ns <= 4 * (done - t_start)
         for buf in got:
             src.give_back(buf)
     finally:
@@ -144,6 +150,22 @@ def test_a_fresh_ring_has_a_second_depth_ready_for_the_next_wave() -> None:
         taker.start()
         wait_for(lambda: len(held) == 2 * depth + 2, "2 x depth + 2 buffers held at once", 10.0)
         assert len({id(b) for b in held}) == 2 * depth + 2
+        for buf in held:
+            src.give_back(buf)
+    finally:
+        src.close()
+
+
+@pytest.mark.parametrize("spare_mib,spares", [(320, 6), (3, 3), (0, 2)])
+def test_the_spare_budget_bounds_the_ring(spare_mib: int, spares: int) -> None:
+    """Fresh mode: the I/O threads' ``depth`` buffers plus ``depth + 2`` spares, as many as
+    ``spare_bytes`` holds, two at least (``io.payload_spare_mb``)."""
+    obj, depth = 1 << 20, 4
+    src = PayloadSource(obj, depth, "fresh", ring_bytes=0, spare_bytes=spare_mib << 20)
+    try:
+        assert src.ring_bytes == (depth + spares) * obj
+        held = [src.take() for _ in range(depth + spares)]   # all of them can be out at once
+        assert len({id(b) for b in held}) == depth + spares
         for buf in held:
             src.give_back(buf)
     finally:
