@@ -12,15 +12,17 @@ import io
 import json
 import os
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import h5py
 import numpy as np
 
 from mpi_kvbench import SCHEMA_VERSION, __version__
 from mpi_kvbench.metrics import EDGES, PERCENTILES
 from mpi_kvbench.results.collected import Collected
 from mpi_kvbench.results.summary import RunFacts
+
+if TYPE_CHECKING:
+    import h5py
 
 
 def attributes(facts: RunFacts, summary: dict[str, Any], wall_ns: tuple[int, int]) -> dict[str, Any]:
@@ -69,12 +71,17 @@ def _attribute(value: Any) -> Any:
 
 
 def _strings(group: h5py.Group, name: str, values: list[str]) -> None:
+    import h5py
+
     group.create_dataset(name, data=np.array(values, dtype=h5py.string_dtype()))
 
 
 def write_hdf5(path: str, data: Collected, attrs: dict[str, Any], summary: dict[str, Any]) -> None:
     """Builds the file in memory, then writes its bytes: a full disk is then one OSError,
-    not an HDF5 library left with half-written objects (which crashes at exit)."""
+    not an HDF5 library left with half-written objects (which crashes at exit). h5py is
+    loaded here: only rank 0 writes, and the other ranks save its import (13 MiB each)."""
+    import h5py
+
     image = io.BytesIO()
     with h5py.File(image, "w") as f:
         for key, value in attrs.items():

@@ -67,19 +67,21 @@ def test_reads_and_writes_share_the_ring_and_stay_correct(monkeypatch: pytest.Mo
 
 
 def test_a_large_object_ring_keeps_spares_up_to_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fresh mode keeps depth + 2 spares while they fit in SPARE_BYTES, else as many as
-    fit (at least two): with 32 MiB objects and io_depth 8, four (12 buffers, not 18)."""
-    for spare_bytes, want in ((10 * OBJ, 8 + 10), (4 * OBJ, 8 + 4), (OBJ, 8 + 2)):
-        monkeypatch.setattr(pl, "SPARE_BYTES", spare_bytes)
-        src = pl.PayloadSource(OBJ, 8, "fresh", ring_bytes=0)
+    """Fresh mode keeps depth + 2 spares while they fit in ``spare_bytes``
+    (``io.payload_spare_mb``), else as many as fit, two at least; all can be out at once."""
+    for spare_bytes, want in ((20 * OBJ, 8 + 10), (4 * OBJ, 8 + 4), (OBJ, 8 + 2), (0, 8 + 2)):
+        src = pl.PayloadSource(OBJ, 8, "fresh", ring_bytes=0, spare_bytes=spare_bytes)
         try:
-            assert len(src._buffers) == want, spare_bytes
+            assert src.ring_bytes == want * OBJ, spare_bytes
+            held = [src.take() for _ in range(want)]
+            assert len({id(b) for b in held}) == want
+            for buf in held:
+                src.give_back(buf)
         finally:
             src.close()
-    monkeypatch.setattr(pl, "SPARE_BYTES", OBJ)
-    reuse = pl.PayloadSource(OBJ, 8, "reuse", ring_bytes=0)   # reuse mode: untouched
+    reuse = pl.PayloadSource(OBJ, 8, "reuse", ring_bytes=0, spare_bytes=OBJ)   # reuse: untouched
     try:
-        assert len(reuse._buffers) == 8 + 2 and not reuse.lends
+        assert reuse.ring_bytes == (8 + 2) * OBJ and not reuse.lends
     finally:
         reuse.close()
 

@@ -156,22 +156,6 @@ def test_a_fresh_ring_has_a_second_depth_ready_for_the_next_wave() -> None:
         src.close()
 
 
-@pytest.mark.parametrize("spare_mib,spares", [(320, 6), (3, 3), (0, 2)])
-def test_the_spare_budget_bounds_the_ring(spare_mib: int, spares: int) -> None:
-    """Fresh mode: the I/O threads' ``depth`` buffers plus ``depth + 2`` spares, as many as
-    ``spare_bytes`` holds, two at least (``io.payload_spare_mb``)."""
-    obj, depth = 1 << 20, 4
-    src = PayloadSource(obj, depth, "fresh", ring_bytes=0, spare_bytes=spare_mib << 20)
-    try:
-        assert src.ring_bytes == (depth + spares) * obj
-        held = [src.take() for _ in range(depth + spares)]   # all of them can be out at once
-        assert len({id(b) for b in held}) == depth + spares
-        for buf in held:
-            src.give_back(buf)
-    finally:
-        src.close()
-
-
 def test_a_failing_generator_fails_the_writers_instead_of_hanging_them(monkeypatch) -> None:
     def broken(self, buf) -> None:
         raise OSError("no entropy")
