@@ -126,10 +126,11 @@ class SyntheticWorkload(Workload):
                 segs = []
                 if sys_id is not None and p.system_prompt_tokens:
                     segs.append((_ident(1, sys_id), p.system_prompt_tokens))
+                    body -= p.system_prompt_tokens   # the template's context includes it
                 if rag_p is not None and p.rag_per_conversation:
                     docs = rng.choice(p.rag_documents, size=p.rag_per_conversation, p=rag_p)
                     segs += [(_ident(4, int(d)), p.rag_document_tokens) for d in docs]
-                segs.append((_ident(2, st["session"], 0), max(1, body - p.system_prompt_tokens)))
+                segs.append((_ident(2, st["session"], 0), max(1, body)))
                 st["ctx"] = tuple(segs)
             else:
                 follow = int(rng.integers(p.follow_up_tokens_min, p.follow_up_tokens_max,
