@@ -100,8 +100,7 @@ def write_hdf5(path: str, data: Collected, attrs: dict[str, Any], summary: dict[
         c = f.create_group("counters")
         _strings(c, "names", data.counter_names)
         c.create_dataset("per_rank", data=data.counters)
-        c.create_dataset("merged", data=data.counters.sum(axis=0) if data.counters_merged is None
-                         else data.counters_merged)
+        c.create_dataset("merged", data=data.counters.sum(axis=0))
         t = f.create_group("timeseries")
         t.attrs["interval_s"] = 1.0
         _strings(t, "names", data.series_names)
