@@ -33,6 +33,7 @@ import h5py
 import yaml
 
 from mpi_kvbench.errors import ConfigError
+from mpi_kvbench.results.hdf5 import atomic_write
 
 #: Config keys that name or place a run and do not change what it measures.
 RUN_ONLY_KEYS = (("run", "run_name"), ("run", "results_dir"))
@@ -198,17 +199,6 @@ def trials_csv_path(csv_path: str) -> str:
     return os.path.splitext(csv_path)[0] + "_trials.csv"
 
 
-def _atomic(path: str, write: Any) -> None:
-    """Writes through a temporary name in the same directory, so a file that exists is whole."""
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _write_csv(path: str, columns: Sequence[str], rows: Sequence[dict[str, Scalar]]) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as fh:
@@ -216,7 +206,7 @@ def _write_csv(path: str, columns: Sequence[str], rows: Sequence[dict[str, Scala
             w.writeheader()
             for row in rows:   # floats as repr: they read back to the same double
                 w.writerow({k: "" if v is None else v for k, v in row.items()})
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def _openpyxl() -> Any:
@@ -239,7 +229,7 @@ def _write_xlsx(path: str, sheets: dict[str, tuple[Sequence[str], Sequence[dict[
             ws.append([row.get(c) for c in columns])
         ws.freeze_panes = "B2"   # the header row and the first column stay in view
         ws.column_dimensions["A"].width = 40
-    _atomic(path, wb.save)
+    atomic_write(path, wb.save)
 
 
 def export(paths: Sequence[str], csv_path: str | None = None, xlsx_path: str | None = None,
