@@ -24,7 +24,6 @@ import hashlib
 import json
 import math
 import os
-import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +33,7 @@ import yaml
 
 from mpi_kvbench.errors import ConfigError
 from mpi_kvbench.results.hdf5 import atomic_write
+from mpi_kvbench.results.trials import spread
 
 #: Config keys that name or place a run and do not change what it measures.
 RUN_ONLY_KEYS = (("run", "run_name"), ("run", "results_dir"))
@@ -151,20 +151,6 @@ def _number(v: Scalar) -> float | None:
     return None if math.isnan(v) else float(v)
 
 
-def figure_stats(values: Sequence[float]) -> dict[str, float | None]:
-    """mean, min, max, sample stdev and CV (stdev / mean) of one figure over trials. No
-    spread is a CV of 0 even around a mean of 0; a mean of 0 with spread has no CV."""
-    mean = statistics.fmean(values)
-    stdev: float | None = None
-    cv: float | None = None
-    if len(values) > 1 and min(values) == max(values):
-        stdev = cv = 0.0
-    elif len(values) > 1:
-        stdev = statistics.stdev(values)
-        cv = stdev / mean if mean else None
-    return {"mean": mean, "min": min(values), "max": max(values), "stdev": stdev, "cv": cv}
-
-
 def trials(runs: Sequence[Run]) -> list[dict[str, Scalar]]:
     """One row per figure per configuration that has two runs or more."""
     groups: dict[tuple, list[Run]] = {}
@@ -182,7 +168,7 @@ def trials(runs: Sequence[Run]) -> list[dict[str, Scalar]]:
             if not values:
                 continue
             rows.append({"config_hash": chash, "model": model, "world_size": world_size,
-                         "runs": len(group), "figure": col, "n": len(values), **figure_stats(values)})
+                         "runs": len(group), "figure": col, **spread(values)})
     return rows
 
 
