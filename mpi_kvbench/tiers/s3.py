@@ -45,6 +45,7 @@ from urllib.parse import urlsplit
 
 from mpi_kvbench.context import RankContext
 from mpi_kvbench.errors import ConfigError
+from mpi_kvbench.params import choice
 from mpi_kvbench.tiers.base import Tier
 
 DEFAULT_LIBRARY = "minio"      # the most GB per CPU-second here: benchmarks/s3_libraries.py
@@ -446,9 +447,7 @@ class S3Tier(Tier):
         def check(self) -> None:
             if not self.bucket:
                 raise ConfigError("tiers.<level>.bucket: missing; name an existing bucket")
-            if self.library not in LIBRARIES:
-                raise ConfigError(f"tiers.<level>.library={self.library!r}: use one of"
-                                  f" {', '.join(LIBRARIES)}")
+            choice(self, "tiers.<level>", "library", LIBRARIES)
             for e in self.endpoints:
                 if not isinstance(e, str):
                     raise ConfigError(f"tiers.<level>.endpoints: {e!r} is not a URL; give a list"

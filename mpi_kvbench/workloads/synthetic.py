@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from mpi_kvbench.errors import ConfigError
+from mpi_kvbench.params import non_negative
 from mpi_kvbench.workloads.base import Request, Workload
 from mpi_kvbench.workloads.qos import QOS_CLASSES, default_mix, user_classes, weights
 
@@ -69,10 +70,8 @@ class SyntheticWorkload(Workload):
                                   " trace")
             weights(self.templates, list(TEMPLATES), "templates")
             weights(self.qos_mix, QOS_CLASSES, "qos_mix")
-            for name in ("system_prompts", "system_prompt_tokens", "follow_up_tokens_min",
-                         "max_turns"):
-                if getattr(self, name) < 0:
-                    raise ConfigError(f"workload.{name}={getattr(self, name)}: must not be negative")
+            non_negative(self, "workload", ("system_prompts", "system_prompt_tokens",
+                                            "follow_up_tokens_min", "max_turns"))
             if self.follow_up_tokens_max < self.follow_up_tokens_min:
                 raise ConfigError("workload.follow_up_tokens_max: must be >= follow_up_tokens_min")
             if self.rag_documents < 0 or self.rag_document_tokens < 1 or self.rag_per_conversation < 0:
