@@ -88,8 +88,7 @@ def synthetic(ranks: int, detail: str) -> Collected:
                      counters, sn, tile(series[None]) if detail == "full" else None,
                      np.full(ranks, SECONDS * 10**9), [env(r, ctx) for r in range(ranks)], [],
                      detail, tile(counts.sum(axis=1)[None]) if detail == "summary" else None,
-                     tile(pcts[None]) if detail == "summary" else None, counters.sum(axis=0),
-                     series * ranks)
+                     tile(pcts[None]) if detail == "summary" else None, series * ranks)
 
 
 def model(ranks: list[int]) -> None:

@@ -18,7 +18,6 @@ one with the most GB per CPU-second.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import resource
@@ -84,7 +83,7 @@ def main() -> None:
         return
     import s3server
 
-    from mpi_kvbench.tiers.s3 import LIBRARIES, MODULES
+    from mpi_kvbench.tiers.s3 import LIBRARIES, installed
     server = None
     if not a.url:
         server = s3server.start()
@@ -98,9 +97,7 @@ def main() -> None:
         print(f"{'library':<18}{'op':<5}{'GB/s':>8}{'GB/CPU-s':>10}{'CPU-s':>8}")
         runs: dict[str, list[dict]] = {}
         for _ in range(a.repeats):
-            for lib in LIBRARIES:
-                if importlib.util.find_spec(MODULES[lib]) is None:
-                    continue
+            for lib in installed():
                 proc = subprocess.run([sys.executable, __file__, "--objects", str(a.objects),
                                        "--mb", str(a.mb), "--depth", str(a.depth), "--child", lib,
                                        a.url, bucket], capture_output=True, text=True)

@@ -194,17 +194,19 @@ def _timeseries(pd: Any, names: list[str], data: np.ndarray, interval_s: float) 
 
 # -- histograms and percentiles -----------------------------------------------------------
 
-def _row(counts: np.ndarray, lo: float, hi: float, total_ns: float | None) -> dict[str, float]:
+def _row(counts: np.ndarray, lo: float, hi: float, total_ns: float) -> dict[str, float]:
+    """count, mean, min, percentiles and max (ms) of one histogram with its exact min, max
+    and sum (``lo``, ``hi``, ``total_ns``, in ns)."""
     n = int(counts.sum())
     out: dict[str, float] = {"count": n}
     if n == 0:
         return out | {k: math.nan for k in ("mean_ms", "min_ms", *(f"{p}_ms" for p in PERCENTILES),
                                               "max_ms")}
-    out["mean_ms"] = total_ns / n / 1e6 if total_ns is not None else math.nan
-    out["min_ms"] = percentile(counts, 0, lo, hi) / 1e6 if math.isinf(hi) else lo / 1e6
+    out["mean_ms"] = total_ns / n / 1e6
+    out["min_ms"] = lo / 1e6
     for key, q in PERCENTILES.items():
         out[f"{key}_ms"] = percentile(counts, q, lo, hi) / 1e6
-    out["max_ms"] = percentile(counts, 100, lo, hi) / 1e6 if math.isinf(hi) else hi / 1e6
+    out["max_ms"] = hi / 1e6
     return out
 
 
@@ -431,9 +433,12 @@ def _rank_ticks(ax: Any, ranks: np.ndarray) -> None:
 
 
 def tail(result: Result, histogram: str, rank: int | str = "all") -> pd.DataFrame:
-    """The latency tail: ``slower``, the fraction of samples at or above ``latency_ms`` (the
-    upper edge of each non-empty bucket), so it reaches 1/n at the maximum, not 0, and
-    plots on a log scale: P99 is where the curve crosses 0.01, P99.9 where it crosses 0.001."""
+    """The latency tail at each non-empty bucket's upper edge (``latency_ms``, clamped to
+    the max as in :func:`cdf`): ``slower``, the fraction of samples in that bucket or a
+    slower one, i.e. at or above the bucket's lower edge. Drawn as a step ``where="pre"``
+    it holds that value over the bucket's span (an upper bound of the exact tail there,
+    by at most one bucket), reaches 1/n at the maximum, not 0, and plots on a log scale:
+    P99 is where the curve crosses 0.01, P99.9 where it crosses 0.001."""
     c = cdf(result, histogram, rank)
     counts = histogram_counts(result, histogram, rank)
     at_or_above = np.cumsum(counts[np.nonzero(counts)[0]][::-1])[::-1]   # exact counts, then one division

@@ -15,9 +15,22 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from mpi_kvbench.config import Config
 from mpi_kvbench.errors import ConfigError
 from mpi_kvbench.workloads.synthetic import TEMPLATES
+
+
+def first_prompt_mean(p: Any, template: str) -> float:
+    """Mean tokens of a conversation's first prompt as the synthetic workload makes it: the
+    template's context (uniform, whole tokens) holds the system prompt when there is one,
+    and never less than one token besides it; RAG documents come on top."""
+    lo, hi = TEMPLATES[template][0]
+    system = p.system_prompt_tokens if p.system_prompts else 0
+    body = np.maximum(np.arange(lo, hi + 1) - system, 1)
+    rag = p.rag_per_conversation * p.rag_document_tokens if p.rag_documents else 0
+    return system + float(body.mean()) + rag
 
 
 def workload_means(cfg: Config) -> dict[str, float]:
@@ -25,10 +38,9 @@ def workload_means(cfg: Config) -> dict[str, float]:
     p = cfg.workload
     weights = {k: float(v) for k, v in p.templates.items() if v}
     total = sum(weights.values())
-    mid = {k: [(lo + hi) / 2 for lo, hi in TEMPLATES[k][:2]] for k in weights}
     return {
-        "context_tokens": p.system_prompt_tokens + sum(w * mid[k][0] for k, w in weights.items()) / total,
-        "output_tokens": sum(w * mid[k][1] for k, w in weights.items()) / total,
+        "context_tokens": sum(w * first_prompt_mean(p, k) for k, w in weights.items()) / total,
+        "output_tokens": sum(w * sum(TEMPLATES[k][1]) / 2 for k, w in weights.items()) / total,
         "follow_up_tokens": (p.follow_up_tokens_min + p.follow_up_tokens_max) / 2,
         "turns": p.max_turns,
     }

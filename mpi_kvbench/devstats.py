@@ -226,14 +226,13 @@ def compare(device_read: int, device_write: int, tool_read: int, tool_write: int
     ``tolerance`` of all the tool's bytes (so a few foreign reads in a write-only run
     still count, and do not divide by zero)."""
     total = tool_read + tool_write
-    ratio = {op: round(dev / tool, 4) if tool else None
-             for op, dev, tool in (("read", device_read, tool_read), ("write", device_write, tool_write))}
-    off = [op for op, dev, tool in (("read", device_read, tool_read), ("write", device_write, tool_write))
-           if abs(dev - tool) > tolerance * total]
+    pairs = {"read": (device_read, tool_read), "write": (device_write, tool_write)}
+    ratio = {op: round(dev / tool, 4) if tool else None for op, (dev, tool) in pairs.items()}
+    off = [op for op, (dev, tool) in pairs.items() if abs(dev - tool) > tolerance * total]
     warning = None
     if off and total:
-        said = ", ".join(f"{op} {device_read if op == 'read' else device_write:,} B on the device vs"
-                         f" {tool_read if op == 'read' else tool_write:,} B by the tool" for op in off)
+        said = ", ".join(f"{op} {pairs[op][0]:,} B on the device vs {pairs[op][1]:,} B by the tool"
+                         for op in off)
         warning = (f"device I/O differs from the tool's storage I/O by more than"
                    f" {tolerance:.0%} ({said}): page cache, other I/O on the device, or write"
                    " amplification")

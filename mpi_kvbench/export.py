@@ -24,7 +24,6 @@ import hashlib
 import json
 import math
 import os
-import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +32,8 @@ import h5py
 import yaml
 
 from mpi_kvbench.errors import ConfigError
+from mpi_kvbench.results.hdf5 import atomic_write
+from mpi_kvbench.results.trials import spread
 
 #: Config keys that name or place a run and do not change what it measures.
 RUN_ONLY_KEYS = (("run", "run_name"), ("run", "results_dir"))
@@ -150,20 +151,6 @@ def _number(v: Scalar) -> float | None:
     return None if math.isnan(v) else float(v)
 
 
-def figure_stats(values: Sequence[float]) -> dict[str, float | None]:
-    """mean, min, max, sample stdev and CV (stdev / mean) of one figure over trials. No
-    spread is a CV of 0 even around a mean of 0; a mean of 0 with spread has no CV."""
-    mean = statistics.fmean(values)
-    stdev: float | None = None
-    cv: float | None = None
-    if len(values) > 1 and min(values) == max(values):
-        stdev = cv = 0.0
-    elif len(values) > 1:
-        stdev = statistics.stdev(values)
-        cv = stdev / mean if mean else None
-    return {"mean": mean, "min": min(values), "max": max(values), "stdev": stdev, "cv": cv}
-
-
 def trials(runs: Sequence[Run]) -> list[dict[str, Scalar]]:
     """One row per figure per configuration that has two runs or more."""
     groups: dict[tuple, list[Run]] = {}
@@ -181,7 +168,7 @@ def trials(runs: Sequence[Run]) -> list[dict[str, Scalar]]:
             if not values:
                 continue
             rows.append({"config_hash": chash, "model": model, "world_size": world_size,
-                         "runs": len(group), "figure": col, "n": len(values), **figure_stats(values)})
+                         "runs": len(group), "figure": col, **spread(values)})
     return rows
 
 
@@ -198,17 +185,6 @@ def trials_csv_path(csv_path: str) -> str:
     return os.path.splitext(csv_path)[0] + "_trials.csv"
 
 
-def _atomic(path: str, write: Any) -> None:
-    """Writes through a temporary name in the same directory, so a file that exists is whole."""
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _write_csv(path: str, columns: Sequence[str], rows: Sequence[dict[str, Scalar]]) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as fh:
@@ -216,7 +192,7 @@ def _write_csv(path: str, columns: Sequence[str], rows: Sequence[dict[str, Scala
             w.writeheader()
             for row in rows:   # floats as repr: they read back to the same double
                 w.writerow({k: "" if v is None else v for k, v in row.items()})
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def _openpyxl() -> Any:
@@ -239,7 +215,7 @@ def _write_xlsx(path: str, sheets: dict[str, tuple[Sequence[str], Sequence[dict[
             ws.append([row.get(c) for c in columns])
         ws.freeze_panes = "B2"   # the header row and the first column stay in view
         ws.column_dimensions["A"].width = 40
-    _atomic(path, wb.save)
+    atomic_write(path, wb.save)
 
 
 def export(paths: Sequence[str], csv_path: str | None = None, xlsx_path: str | None = None,

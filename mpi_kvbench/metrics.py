@@ -46,7 +46,8 @@ def bucket_indices(values_ns: np.ndarray) -> np.ndarray:
 
 
 def bucket_edges() -> np.ndarray:
-    """Lower edges of every bucket plus the end of the last regular one (ns), N_BUCKETS + 1."""
+    """Lower edges of every bucket (the overflow bucket's is 2^37, the end of the regular
+    ones) plus a nominal end of the overflow bucket, 2^38 (ns): N_BUCKETS + 1 values."""
     linear = np.arange(SUB, dtype=np.int64) * 8
     logs = [(1 << e) + np.arange(SUB, dtype=np.int64) * (1 << (e - SUB_BITS))
             for e in range(MIN_EXP, MAX_EXP + 1)]
@@ -70,9 +71,12 @@ class Histogram:
     sum_ns: int = 0
 
     def record(self, value_ns: int) -> None:
+        """One sample (per operation: plain comparisons, not min()/max() calls)."""
         self.counts[bucket_index(value_ns)] += 1
-        self.min_ns = min(self.min_ns, value_ns)
-        self.max_ns = max(self.max_ns, value_ns)
+        if value_ns < self.min_ns:
+            self.min_ns = value_ns
+        if value_ns > self.max_ns:
+            self.max_ns = value_ns
         self.sum_ns += value_ns
 
     def record_many(self, values_ns: np.ndarray) -> None:
@@ -123,19 +127,24 @@ class Metrics:
     def add(self, name: str, value: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + value
 
-    def tick(self, name: str, second: float, value: float = 1.0) -> None:
-        """Adds ``value`` to the 1-second bin that holds ``second`` (phase-relative)."""
-        s = max(0, int(second))
+    def _bins(self, name: str, s: int) -> np.ndarray:
+        """The series ``name``, grown (doubling) to hold bin ``s``."""
         arr = self.series.get(name)
         if arr is None or s >= arr.size:
             grown = np.zeros(max(s + 1, 2 * (0 if arr is None else arr.size), 64))
             if arr is not None:
                 grown[: arr.size] = arr
             arr = self.series[name] = grown
-        arr[s] += value
+        return arr
+
+    def tick(self, name: str, second: float, value: float = 1.0) -> None:
+        """Adds ``value`` to the 1-second bin that holds ``second`` (phase-relative)."""
+        s = max(0, int(second))
+        self._bins(name, s)[s] += value
 
     def peak(self, name: str, second: float, value: float) -> None:
         """Keeps the largest ``value`` seen in its 1-second bin (e.g. the longest wait)."""
-        self.tick(name, second, 0.0)   # makes sure the bin exists
         s = max(0, int(second))
-        self.series[name][s] = max(self.series[name][s], value)
+        arr = self._bins(name, s)
+        if value > arr[s]:
+            arr[s] = value

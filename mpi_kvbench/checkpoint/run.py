@@ -22,7 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from mpi_kvbench import __version__
+from mpi_kvbench import SCHEMA_VERSION, __version__
 from mpi_kvbench.calibrate import calibrate
 from mpi_kvbench.checkpoint.settings import CheckpointSettings
 from mpi_kvbench.checkpoint.stream import BufferPool, Producer, chunk_key
@@ -168,7 +168,7 @@ def summarize(s: CheckpointSettings, rows: list[dict], cal: dict | None, run_nam
     errors = [r["error"] for r in rows if r["error"]]
     total = sum(r["bytes"] for r in rows)
     out: dict[str, Any] = {
-        "schema_version": 1, "tool_version": __version__, "kind": "checkpoint",
+        "schema_version": SCHEMA_VERSION, "tool_version": __version__, "kind": "checkpoint",
         "run_name": run_name, "run_id": run_id, "command_line": command_line,
         "complete": not errors, "errors": errors, "world_size": world_size,
         "target": s.target, "bytes_per_rank": rows[0]["bytes"], "bytes_total": total,

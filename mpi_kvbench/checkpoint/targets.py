@@ -16,6 +16,7 @@ from mpi_kvbench.checkpoint.settings import CheckpointSettings
 from mpi_kvbench.context import RankContext
 from mpi_kvbench.errors import ConfigError
 from mpi_kvbench.registry import TIERS
+from mpi_kvbench.tiers.s3 import read_fully
 from mpi_kvbench.tiers.storage import make_dirs, remove_dirs
 
 
@@ -139,13 +140,7 @@ class S3Target(Target):
     def read_into(self, out: memoryview) -> int:
         if self._stream is None:
             self._stream = self.tier.client.get_stream(self.bucket, self.key)
-        done = 0
-        while done < len(out):
-            got = self._stream.readinto(out[done:])
-            if not got:
-                break
-            done += got
-        return done
+        return read_fully(self._stream, out)
 
     def remove(self) -> None:
         if self._stream is not None:

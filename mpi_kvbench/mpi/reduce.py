@@ -54,10 +54,12 @@ def collect(comm: Comm, metrics: Metrics, elapsed_ns: int, env: dict,
             error: str | None, detail: str = "full") -> Collected | None:
     """Reduces every rank's metrics to rank 0; returns the data there, None elsewhere.
 
-    Merged figures travel by MPI reductions of numpy buffers (tree-shaped in every MPI
-    library): bucket counts, min, max and sum of every histogram, the counters and the
-    time series. What is kept per rank depends on ``detail``: ``full`` gathers every
-    rank's bucket counts [H, B] and series [S, T] (rank 0 receives N times that);
+    Bucket counts and time series are merged by MPI reductions of numpy buffers
+    (tree-shaped in every MPI library); each histogram's min, max and sum and the counters
+    are gathered per rank in either detail, so rank 0 merges those itself (reducing them
+    as well would only send them twice). What is kept per rank depends on ``detail``:
+    ``full`` gathers every rank's bucket counts [H, B] and series [S, T] (rank 0
+    receives N times that);
     ``summary`` gathers per rank only each histogram's count, min, max, sum and
     percentiles (computed on the rank, from its own counts) and the counters, which is
     a few KiB per rank whatever the run length.
@@ -75,10 +77,9 @@ def collect(comm: Comm, metrics: Metrics, elapsed_ns: int, env: dict,
     sums = np.array([x.sum_ns for x in hs], dtype=np.int64)
     mine = np.array([metrics.counters.get(n, 0) for n in counter_names], dtype=np.int64)
     c = mine.size
-    # few collectives, each one buffer: SUM of counts, sums and counters; MIN of the mins
-    # and the negated maxes (max >= 0); one gather of every per-rank int64
-    total = comm.reduce_array(np.concatenate([counts.ravel(), sums, mine]), "sum")
-    low = comm.reduce_array(np.concatenate([mins, -maxs]), "min")
+    # few collectives, each one buffer: SUM of the bucket counts; one gather of every
+    # per-rank int64 (min, max, sum, counters), which rank 0 merges itself
+    total = comm.reduce_array(counts.ravel(), "sum")
     rows = comm.gather_array(np.concatenate([mins, maxs, sums, mine, counts.sum(axis=1),
                                              [elapsed_ns]]).astype(np.int64))
     length = comm.allreduce(max((a.size for a in metrics.series.values()), default=0), op="max")
@@ -99,11 +100,10 @@ def collect(comm: Comm, metrics: Metrics, elapsed_ns: int, env: dict,
     gathered = comm.gather((env, error))
     if comm.rank != 0:
         return None
-    merged = total[: h * N_BUCKETS].reshape(h, N_BUCKETS)
-    msum, counters_merged = total[h * N_BUCKETS: h * N_BUCKETS + h], total[h * N_BUCKETS + h:]
-    mmin, mmax = low[:h], -low[h:]
+    merged = total.reshape(h, N_BUCKETS)
     rank_min, rank_max, rank_sum = rows[:, :h], rows[:, h:2 * h], rows[:, 2 * h:3 * h]
     counters, rank_count, elapsed = rows[:, 3 * h:3 * h + c], rows[:, 3 * h + c:-1], rows[:, -1]
+    mmin, mmax, msum = rank_min.min(axis=0), rank_max.max(axis=0), rank_sum.sum(axis=0)
     merged_series = series_sum
     if series_max is not None:
         merged_series[peaks] = series_max
@@ -112,7 +112,7 @@ def collect(comm: Comm, metrics: Metrics, elapsed_ns: int, env: dict,
                      counter_names, counters, series_names,
                      None if series_all is None else series_all[:, :, :last], elapsed,
                      [e for e, _ in gathered], [x for _, x in gathered if x], detail,
-                     rank_count if detail != "full" else None, rank_pcts, counters_merged,
+                     rank_count if detail != "full" else None, rank_pcts,
                      merged_series[:, :last])
 
 

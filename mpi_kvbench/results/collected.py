@@ -60,7 +60,6 @@ class Collected:
     detail: str = "full"
     per_rank_count: np.ndarray | None = None     # [N, H] samples per rank and histogram
     per_rank_pcts_ns: np.ndarray | None = None   # [N, H, P] float64, P = metrics.PERCENTILES
-    counters_merged: np.ndarray | None = None    # [C] reduced by SUM (counters.sum(0))
     series_merged: np.ndarray | None = None      # [S, T] SUM over ranks (MAX for names.SERIES_MAX)
 
     def hist(self, name: str) -> Histogram:
@@ -71,10 +70,7 @@ class Collected:
     def counter(self, name: str) -> int:
         if name not in self.counter_names:
             return 0
-        i = self.counter_names.index(name)
-        if self.counters_merged is not None:
-            return int(self.counters_merged[i])
-        return int(self.counters[:, i].sum())
+        return int(self.counters[:, self.counter_names.index(name)].sum())
 
     def per_rank_counter(self, name: str) -> np.ndarray:
         """One counter of every rank (zeros when no rank counted it)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -43,23 +44,28 @@ def attributes(facts: RunFacts, summary: dict[str, Any], wall_ns: tuple[int, int
     }
 
 
-def _atomic(path: str):
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
-
-    def commit() -> None:   # the bytes reach the device before the name says they are whole
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def atomic_write(path: str, write: Callable[[str], Any]) -> None:
+    """``write(tmp)`` fills a temporary file beside ``path``, which is then flushed to the
+    device and renamed into place (the bytes reach the device before the name says they
+    are whole); the temporary file is removed on every way out."""
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
+                       f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
-        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(os.path.dirname(os.path.abspath(path)))
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
-    return tmp, commit
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _attribute(value: Any) -> Any:
@@ -107,8 +113,7 @@ def write_hdf5(path: str, data: Collected, attrs: dict[str, Any], summary: dict[
         c = f.create_group("counters")
         _strings(c, "names", data.counter_names)
         c.create_dataset("per_rank", data=data.counters)
-        c.create_dataset("merged", data=data.counters.sum(axis=0) if data.counters_merged is None
-                         else data.counters_merged)
+        c.create_dataset("merged", data=data.counters.sum(axis=0))
         t = f.create_group("timeseries")
         t.attrs["interval_s"] = 1.0
         _strings(t, "names", data.series_names)
@@ -121,26 +126,18 @@ def write_hdf5(path: str, data: Collected, attrs: dict[str, Any], summary: dict[
         _strings(r, "environment", [json.dumps(e) for e in data.env])
         _strings(f, "errors", data.errors)
         f.attrs["summary"] = json.dumps(summary, default=_plain)
-    tmp, commit = _atomic(path)
-    try:
+    def write(tmp: str) -> None:
         with open(tmp, "wb") as fh:
             fh.write(image.getbuffer())
-        commit()
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, write)
 
 
 def write_summary(path: str, summary: dict[str, Any]) -> None:
-    tmp, commit = _atomic(path)
-    try:
+    def write(tmp: str) -> None:
         with open(tmp, "w") as fh:
             json.dump(summary, fh, indent=2, default=_plain)
             fh.write("\n")
-        commit()
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, write)
 
 
 def _plain(value: Any) -> Any:

@@ -429,6 +429,12 @@ def footprint(data: Collected) -> dict[str, Any]:
             "rss_bytes_after": stages}
 
 
+def min_samples(q: float) -> int:
+    """Samples a q-th percentile needs to mean anything: 100 / (100 - q), a whole number
+    (the float quotient for 99.9 is 1000.0000000000568, which would ask for 1,001)."""
+    return math.ceil(round(100.0 / (100.0 - q), 6))
+
+
 def storage_health(data: Collected, metric: str, targets_ms: dict) -> dict[str, Any]:
     """PASS/FAIL per QoS class: each targeted percentile of the class's TP-group latency
     against its target. A percentile needs at least 100 / (100 - q) samples to mean
@@ -444,7 +450,7 @@ def storage_health(data: Collected, metric: str, targets_ms: dict) -> dict[str, 
         for key, target in targets.items():
             q = PERCENTILES[key]
             measured = h.percentile(q) / 1e6
-            judged = n >= 100.0 / (100.0 - q)
+            judged = n >= min_samples(q)
             checks[key] = {"measured_ms": round(measured, 3), "target_ms": target,
                            "pass": measured <= target if judged else None,
                            "samples": n}

@@ -17,6 +17,7 @@ import statistics
 from typing import Any
 
 from mpi_kvbench import SCHEMA_VERSION, __version__
+from mpi_kvbench.results.hdf5 import atomic_write
 
 # name -> path in summary.json; every one a single number per run
 HEADLINE: dict[str, tuple[str, ...]] = {
@@ -155,10 +156,10 @@ def rules(plan: dict[str, Any], options: dict[str, Any], planned: int, done: int
 
 def write(path: str, doc: dict[str, Any]) -> None:
     """Through a temporary file and a rename: a crash leaves the last whole version."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(doc, fh, indent=2)
-    os.replace(tmp, path)
+    def dump(tmp: str) -> None:
+        with open(tmp, "w") as fh:
+            json.dump(doc, fh, indent=2)
+    atomic_write(path, dump)
 
 
 def render(doc: dict[str, Any]) -> str:

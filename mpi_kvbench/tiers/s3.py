@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import importlib.util
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -44,9 +45,9 @@ from urllib.parse import urlsplit
 
 from mpi_kvbench.context import RankContext
 from mpi_kvbench.errors import ConfigError
+from mpi_kvbench.params import choice
 from mpi_kvbench.tiers.base import Tier
 
-LIBRARIES = ("s3dlio", "s3torchconnector", "minio")
 DEFAULT_LIBRARY = "minio"      # the most GB per CPU-second here: benchmarks/s3_libraries.py
 MiB = 1 << 20
 ENDPOINT_VARS = ("S3_ENDPOINT_URIS", "S3_ENDPOINT_TEMPLATE", "S3_ENDPOINT_FILE",
@@ -403,9 +404,14 @@ class S3TorchClient(Client):
             self._c.delete_object(bucket, k)
 
 
-CLIENTS: dict[str, type[Client]] = {"s3dlio": S3dlioClient, "s3torchconnector": S3TorchClient,
-                                    "minio": MinioClient}
-MODULES = {"s3dlio": "s3dlio", "s3torchconnector": "s3torchconnector", "minio": "minio"}
+CLIENTS: dict[str, type[Client]] = {c.library: c for c in (S3dlioClient, S3TorchClient,
+                                                           MinioClient)}
+LIBRARIES = tuple(CLIENTS)
+
+
+def installed() -> list[str]:
+    """The libraries importable here (each library's module is named as it is)."""
+    return [lib for lib in LIBRARIES if importlib.util.find_spec(lib) is not None]
 
 
 def open_client(library: str, endpoint: str, region_name: str, part_bytes: int,
@@ -441,9 +447,7 @@ class S3Tier(Tier):
         def check(self) -> None:
             if not self.bucket:
                 raise ConfigError("tiers.<level>.bucket: missing; name an existing bucket")
-            if self.library not in LIBRARIES:
-                raise ConfigError(f"tiers.<level>.library={self.library!r}: use one of"
-                                  f" {', '.join(LIBRARIES)}")
+            choice(self, "tiers.<level>", "library", LIBRARIES)
             for e in self.endpoints:
                 if not isinstance(e, str):
                     raise ConfigError(f"tiers.<level>.endpoints: {e!r} is not a URL; give a list"

@@ -15,6 +15,7 @@ from typing import Any
 
 from mpi_kvbench.errors import ConfigError
 from mpi_kvbench.iotrace import Row, read_meta, read_rows
+from mpi_kvbench.params import choice
 from mpi_kvbench.workloads.base import Request, Workload
 
 TIMINGS = ("asap", "recorded")
@@ -33,8 +34,7 @@ class ReplayWorkload(Workload):
         def check(self) -> None:
             if not self.logs:
                 raise ConfigError("workload.logs: no log given; pass the --io-trace-log files to replay")
-            if self.timing not in TIMINGS:
-                raise ConfigError(f"workload.timing={self.timing!r}: use one of {', '.join(TIMINGS)}")
+            choice(self, "workload", "timing", TIMINGS)
 
     def __init__(self, params: Any, seed: int) -> None:
         super().__init__(params, seed)

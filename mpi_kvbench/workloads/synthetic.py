@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from mpi_kvbench.errors import ConfigError
+from mpi_kvbench.params import non_negative
 from mpi_kvbench.workloads.base import Request, Workload
 from mpi_kvbench.workloads.qos import QOS_CLASSES, default_mix, user_classes, weights
 
@@ -69,10 +70,8 @@ class SyntheticWorkload(Workload):
                                   " trace")
             weights(self.templates, list(TEMPLATES), "templates")
             weights(self.qos_mix, QOS_CLASSES, "qos_mix")
-            for name in ("system_prompts", "system_prompt_tokens", "follow_up_tokens_min",
-                         "max_turns"):
-                if getattr(self, name) < 0:
-                    raise ConfigError(f"workload.{name}={getattr(self, name)}: must not be negative")
+            non_negative(self, "workload", ("system_prompts", "system_prompt_tokens",
+                                            "follow_up_tokens_min", "max_turns"))
             if self.follow_up_tokens_max < self.follow_up_tokens_min:
                 raise ConfigError("workload.follow_up_tokens_max: must be >= follow_up_tokens_min")
             if self.rag_documents < 0 or self.rag_document_tokens < 1 or self.rag_per_conversation < 0:
@@ -126,10 +125,11 @@ class SyntheticWorkload(Workload):
                 segs = []
                 if sys_id is not None and p.system_prompt_tokens:
                     segs.append((_ident(1, sys_id), p.system_prompt_tokens))
+                    body -= p.system_prompt_tokens   # the template's context includes it
                 if rag_p is not None and p.rag_per_conversation:
                     docs = rng.choice(p.rag_documents, size=p.rag_per_conversation, p=rag_p)
                     segs += [(_ident(4, int(d)), p.rag_document_tokens) for d in docs]
-                segs.append((_ident(2, st["session"], 0), max(1, body - p.system_prompt_tokens)))
+                segs.append((_ident(2, st["session"], 0), max(1, body)))
                 st["ctx"] = tuple(segs)
             else:
                 follow = int(rng.integers(p.follow_up_tokens_min, p.follow_up_tokens_max,

@@ -19,6 +19,7 @@ import yaml
 
 from mpi_kvbench import cli
 from mpi_kvbench import export as ex
+from mpi_kvbench.results.trials import spread
 
 
 def _run(tmp: Path, name: str) -> Path:
@@ -239,7 +240,8 @@ def test_bad_input_is_one_line(runs: list[Path], tmp_path: Path, capsys: pytest.
 
 
 def test_figure_stats_edge_cases() -> None:
-    assert ex.figure_stats([2.0]) == {"mean": 2.0, "min": 2.0, "max": 2.0, "stdev": None, "cv": None}
-    assert ex.figure_stats([0.0, 0.0])["cv"] == 0.0
-    s = ex.figure_stats([-1.0, 1.0])
+    """The trials table's statistics are the suite's (results.trials.spread)."""
+    assert spread([2.0]) == {"n": 1, "mean": 2.0, "min": 2.0, "max": 2.0, "stdev": None, "cv": None}
+    assert spread([0.0, 0.0])["cv"] == 0.0
+    s = spread([-1.0, 1.0])
     assert s["cv"] is None and s["stdev"] == pytest.approx(statistics.stdev([-1.0, 1.0]))

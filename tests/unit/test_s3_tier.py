@@ -3,7 +3,6 @@ every client library installed here; endpoint and credential resolution without 
 
 from __future__ import annotations
 
-import importlib.util
 import uuid
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from mpi_kvbench.layout import aligned_buffer
 from mpi_kvbench.registry import TIERS
 from mpi_kvbench.tiers import s3
 
-LIBS = [lib for lib in s3.LIBRARIES if importlib.util.find_spec(s3.MODULES[lib]) is not None]
+LIBS = s3.installed()
 OBJ = 3 * 4096
 
 

@@ -57,3 +57,15 @@ def test_classes_without_requests_are_left_out() -> None:
     data = collected({"batch": np.full(100, 5.0)})
     health = storage_health(data, "e2e", {"batch": {"p95": 10}, "interactive": {"p95": 1}})
     assert set(health["classes"]) == {"batch"} and health["verdict"] == "PASS"
+
+
+def test_a_percentile_is_judged_from_exactly_100_over_100_minus_q_samples() -> None:
+    """P95 from 20 samples, P99 from 100, P99.9 from 1,000, P99.99 from 10,000 (what the
+    console says), one fewer is not enough: the thresholds as whole numbers, not as
+    floating-point quotients (100 / (100 - 99.9) is 1000.0000000000568)."""
+    for key, need in (("p95", 20), ("p99", 100), ("p999", 1000), ("p9999", 10_000)):
+        for n, judged in ((need - 1, False), (need, True)):
+            data = collected({"batch": np.full(n, 5.0)})
+            check = storage_health(data, "e2e", {"batch": {key: 10}})["classes"]["batch"][
+                "checks"][key]
+            assert (check["pass"] is not None) == judged, (key, n)

@@ -3,9 +3,12 @@ and the ``datasize`` figures, each against values worked out here."""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +21,7 @@ from mpi_kvbench.datasize import datasize
 from mpi_kvbench.errors import ConfigError
 from mpi_kvbench.results import trials
 from mpi_kvbench.suite import CLOSED_FREE, MLPERF_OPTIONS, Request, plan
+from mpi_kvbench.workloads.synthetic import SyntheticWorkload
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -171,8 +175,19 @@ def test_datasize_from_the_catalogue() -> None:
     # 10 users on 2 replicas: 5 sessions per rank; 4 ranks hold 20 sessions' shards
     assert s["working_set_bytes_per_rank"] == 5 * 8 * obj
     assert s["working_set_bytes_total"] == 4 * 5 * 8 * obj
-    # the workload's mean first prompt: 1,024 system tokens + chatbot context 512-4096
-    assert datasize(cfg, 1)["request_tokens"] == 1024 + 2304
+    # the workload's mean first prompt: chatbot context 512-4096 that holds the 1,024
+    # system tokens and at least one more: 514 values give 1,025, 1,026..4,096 themselves
+    want = (514 * 1025 + sum(range(1026, 4097))) / 3585
+    assert datasize(cfg, 1)["request_tokens"] == pytest.approx(want)
+    # ... and what the workload makes: every request a first turn
+    w = SyntheticWorkload(dataclasses.replace(cfg.workload, users=2000, max_turns=1), 7)
+    made = [r.prompt_tokens for r in itertools.islice(w.requests(), 6000)]
+    assert statistics.fmean(made) == pytest.approx(want, rel=0.02)
+    # no system prompt: the template's mean itself; RAG documents add theirs
+    bare = cfgmod.load(None, [{"workload": {"templates": {"chatbot": 1, "coding": 0, "document": 0},
+                                            "system_prompts": 0, "rag_documents": 5,
+                                            "rag_per_conversation": 2, "rag_document_tokens": 100}}])
+    assert datasize(bare, 1)["request_tokens"] == (512 + 4096) / 2 + 200
 
 
 def test_datasize_per_layer_objects_round_up_to_4k() -> None:
