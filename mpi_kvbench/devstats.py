@@ -45,7 +45,6 @@ class Mount:
     point: str
     fstype: str
     source: str
-    dev: tuple[int, int]           # major, minor as the mount table gives them
 
 
 def _unescape(text: str) -> str:
@@ -73,9 +72,7 @@ def mount_of(path: str, mountinfo: str = "/proc/self/mountinfo") -> Mount | None
         point = _unescape(parts[4])
         inside = real == point or real.startswith(point.rstrip("/") + "/")
         if inside and (best is None or len(point) >= len(best.point)):
-            major, _, minor = parts[2].partition(":")
-            dev = (int(major), int(minor)) if major.isdigit() and minor.isdigit() else (0, 0)
-            best = Mount(point, tail[0], _unescape(tail[1]), dev)
+            best = Mount(point, tail[0], _unescape(tail[1]))
     return best
 
 
