@@ -31,6 +31,7 @@ from mpi_kvbench.context import RankContext
 from mpi_kvbench.engine import payload as pl
 from mpi_kvbench.errors import ConfigError
 from mpi_kvbench.mpi.comm import Comm, topology, world
+from mpi_kvbench.results.hdf5 import atomic_write, write_summary
 from mpi_kvbench.run import _holds_result, agree
 from mpi_kvbench.tiers.storage import StorageTier
 
@@ -207,15 +208,18 @@ def summarize(s: CheckpointSettings, rows: list[dict], cal: dict | None, run_nam
 
 
 def write_result(out_dir: str, summary: dict[str, Any], rows: list[dict]) -> None:
+    """Both files as a run writes its own: whole on the device before their names appear."""
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "summary.json"), "w") as fh:
-        json.dump(summary, fh, indent=2)
-    with h5py.File(os.path.join(out_dir, "result.h5"), "w") as f:
-        f.attrs["kind"] = "checkpoint"
-        f.attrs["complete"] = summary["complete"]
-        f.attrs["summary"] = json.dumps(summary)
-        g = f.create_group("ranks")
-        for k in PER_RANK:
-            g.create_dataset(k, data=np.array([float(r.get(k) or 0) for r in rows]))
-        g.create_dataset("target", data=np.array([json.dumps(r["target"]) for r in rows],
-                                               dtype=h5py.string_dtype()))
+    write_summary(os.path.join(out_dir, "summary.json"), summary)
+
+    def write_h5(tmp: str) -> None:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["kind"] = "checkpoint"
+            f.attrs["complete"] = summary["complete"]
+            f.attrs["summary"] = json.dumps(summary)
+            g = f.create_group("ranks")
+            for k in PER_RANK:
+                g.create_dataset(k, data=np.array([float(r.get(k) or 0) for r in rows]))
+            g.create_dataset("target", data=np.array([json.dumps(r["target"]) for r in rows],
+                                                   dtype=h5py.string_dtype()))
+    atomic_write(os.path.join(out_dir, "result.h5"), write_h5)
