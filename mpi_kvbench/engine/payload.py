@@ -194,16 +194,18 @@ class PayloadSource:
         # at least ring_bytes in the ring, so even reused bytes repeat only beyond the
         # window of any compressor or dedup engine that looks at a stream. In fresh mode the
         # I/O threads keep their buffer (``lend``: one buffer per thread serves its reads
-        # and writes alike), and a second depth's worth is kept ready, so a wave of writes
-        # that all end at once finds its next buffers made, up to ``spare_bytes`` (two at
-        # least: a thread takes its next buffer before it gives its last one back). The
-        # default 320 MiB (ten 32 MiB spares) is what generation on two cores needed:
-        # two spares cost 8% of storage GB/s there and 0.8-1.4 s of writers' wait per
-        # second (docs/DESIGN-NOTES.md, "Payload spares").
-        spare = depth + 2 if mode == "fresh" else 2
+        # and writes alike) and two spares are made at once (a thread takes its next
+        # buffer before it gives its last one back); each stall adds one more, up to a
+        # second depth (so a wave of writes that all end at once finds its next buffers
+        # made) or ``spare_bytes``. Where generation keeps up the ring stays small (memory,
+        # and set-up time: faulting in memory is most of a rank's set-up); where it does
+        # not, the ring grows to what two cores needed here: two spares cost 8% of storage
+        # GB/s and the default 320 MiB none (docs/DESIGN-NOTES.md, "Payload spares").
+        count = max(depth + 2, -(-ring_bytes // object_bytes))
+        self._most = count
         if mode == "fresh":
-            spare = max(2, min(spare, spare_bytes // object_bytes))
-        count = max(depth + spare, -(-ring_bytes // object_bytes))
+            spare = max(2, min(depth + 2, spare_bytes // object_bytes))
+            self._most = max(count, depth + spare)
         self._buffers = [aligned_buffer(object_bytes) for _ in range(count)]
         self._generators: list[_Generator] = []
         self._own_cpu_s = 0.0      # the constructor's fills (reuse mode)
@@ -269,6 +271,13 @@ class PayloadSource:
             with self._lock:
                 self.stalls += 1
                 self._grow()
+                more = len(self._buffers) < self._most and not self._closed
+                if more:
+                    index = len(self._buffers)
+                    self._buffers.append(None)      # claimed; made outside the lock
+            if more:   # the writer waits anyway: it makes the ring's next spare itself
+                self._buffers[index] = buf = aligned_buffer(self.object_bytes)
+                self._empty.put(buf)
             buf = self._ready.get()
             waited = time.perf_counter_ns() - t0
             with self._lock:

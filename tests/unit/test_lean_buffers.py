@@ -66,17 +66,32 @@ def test_reads_and_writes_share_the_ring_and_stay_correct(monkeypatch: pytest.Mo
     assert src._ready.qsize() + src._empty.qsize() >= len(src._buffers) - held
 
 
+def take_all(src: pl.PayloadSource, n: int, into: list) -> None:
+    into.extend(src.take() for _ in range(n))
+
+
 def test_a_large_object_ring_keeps_spares_up_to_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fresh mode keeps depth + 2 spares while they fit in ``spare_bytes``
-    (``io.payload_spare_mb``), else as many as fit, two at least; all can be out at once."""
-    for spare_bytes, want in ((20 * OBJ, 8 + 10), (4 * OBJ, 8 + 4), (OBJ, 8 + 2), (0, 8 + 2)):
+    """Fresh mode starts with two spares and adds one per stall, up to depth + 2 while they
+    fit in ``spare_bytes`` (``io.payload_spare_mb``), else as many as fit, two at least."""
+    for spare_bytes, most in ((20 * OBJ, 8 + 10), (4 * OBJ, 8 + 4), (OBJ, 8 + 2), (0, 8 + 2)):
         src = pl.PayloadSource(OBJ, 8, "fresh", ring_bytes=0, spare_bytes=spare_bytes)
         try:
-            assert src.ring_bytes == want * OBJ, spare_bytes
-            held = [src.take() for _ in range(want)]
-            assert len({id(b) for b in held}) == want
+            assert src.ring_bytes == (8 + 2) * OBJ, spare_bytes   # made at set-up
+            held: list = []                                       # stalls beyond the first ten
+            taker = threading.Thread(target=take_all, args=(src, most, held), daemon=True)
+            taker.start()
+            taker.join(60)                    # the limit only turns a ring that never grows into a failure
+            assert len(held) == most, f"only {len(held)} of {most} buffers could be out at once"
+            assert len({id(b) for b in held}) == most
+            assert src.ring_bytes == most * OBJ
+            assert src.stalls >= most - (8 + 2)
             for buf in held:
                 src.give_back(buf)
+            for _ in range(100):                                  # more stalls add nothing
+                held = [src.take() for _ in range(most)]
+                for buf in held:
+                    src.give_back(buf)
+            assert src.ring_bytes == most * OBJ
         finally:
             src.close()
     reuse = pl.PayloadSource(OBJ, 8, "reuse", ring_bytes=0, spare_bytes=OBJ)   # reuse: untouched

@@ -138,9 +138,10 @@ def test_a_consumer_outpacing_the_generator_grows_it_to_the_cap(monkeypatch) -> 
         src.close()
 
 
-def test_a_fresh_ring_has_a_second_depth_ready_for_the_next_wave() -> None:
-    """Writers hold ``depth`` buffers; when they all finish at once, ``depth`` more must be
-    ready (plus two), or every wave of large writes stalls on generation."""
+def test_a_fresh_ring_grows_a_second_depth_for_the_next_wave() -> None:
+    """Writers hold ``depth`` buffers; when they all finish at once, ``depth`` more (plus
+    two) must be there, or every wave of large writes stalls on generation: the ring grows
+    to that on its first stalls."""
     depth = 4
     src = PayloadSource(4 * BLOCK, depth, "fresh", ring_bytes=0)
     held: list = []
