@@ -31,7 +31,7 @@ from mpi_kvbench.context import RankContext
 from mpi_kvbench.errors import ConfigError
 from mpi_kvbench.layout import ALIGN, MASK64, aligned_buffer
 from mpi_kvbench.tiers.base import Tier
-from mpi_kvbench.tiers.dram import HostSlots, pin, unpin
+from mpi_kvbench.tiers.dram import HostSlots, device_index, pin, unpin
 
 DEVICES = ("auto", "cuda", "cpu", "emulated")
 RING_BYTES = 64 << 20    # device payload ring, as the host one: beyond any compressor's window
@@ -97,7 +97,7 @@ class HbmTier(Tier):
         if want == "cpu":
             return "cpu"
         if torch.cuda.is_available():
-            return f"cuda:{ctx.local_rank % torch.cuda.device_count()}"
+            return f"cuda:{device_index(torch, ctx.local_rank)}"
         if want == "cuda":
             raise ConfigError("tiers.hbm.device=cuda: torch sees no GPU; use device: auto")
         return "emulated"
