@@ -96,7 +96,7 @@ class PlannedRun:
 @dataclass(frozen=True)
 class Plan:
     name: str
-    mode: str                 # "closed", "open" or "suite"
+    mode: str                 # "closed", "open" (MLPerf), "suite" (a suite file) or "sweep"
     directory: str            # where the runs and suite.json go
     runs: list[PlannedRun]
     pause_s: float
