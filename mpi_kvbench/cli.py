@@ -49,6 +49,11 @@ RUN_FLAGS = {
 }
 
 
+def command_line(argv: list[str]) -> str:
+    """The command as the result records it: the arguments after ``python -m mpi_kvbench``."""
+    return shlex.join(["python", "-m", "mpi_kvbench", *argv])
+
+
 def launch_rank() -> int:
     """This process's rank from the launcher's environment, without starting MPI."""
     for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
@@ -392,7 +397,7 @@ def cmd_checkpoint(args: argparse.Namespace, argv: list[str]) -> int:
             section[key] = {**old, **value} if isinstance(old, dict) and isinstance(value, dict) \
                 else value
     s = settings.build(section)
-    return execute(s, shlex.join(["python", "-m", "mpi_kvbench", *argv]))
+    return execute(s, command_line(argv))
 
 
 def cmd_suite(args: argparse.Namespace, argv: list[str]) -> int:
@@ -402,7 +407,7 @@ def cmd_suite(args: argparse.Namespace, argv: list[str]) -> int:
     req = Request(suite_file=args.suite_file, mlperf=args.mlperf, overrides=overrides(args),
                   trials=args.trials, pause_s=args.pause, cv_threshold=args.cv_threshold,
                   name=args.suite_name, configs_dir=args.configs_dir)
-    return execute_suite(req, shlex.join(["python", "-m", "mpi_kvbench", *argv]))
+    return execute_suite(req, command_line(argv))
 
 
 def cmd_sweep(args: argparse.Namespace, argv: list[str]) -> int:
@@ -414,7 +419,7 @@ def cmd_sweep(args: argparse.Namespace, argv: list[str]) -> int:
     values = [yaml.safe_load(v) for v in args.values.split(",") if v.strip()]
     req = Request(overrides=overrides(args), trials=args.trials, pause_s=args.pause,
                   name=args.suite_name, sweep=(args.key, values), config=args.config)
-    return execute_suite(req, shlex.join(["python", "-m", "mpi_kvbench", *argv]))
+    return execute_suite(req, command_line(argv))
 
 
 def cmd_autoscale(args: argparse.Namespace, argv: list[str]) -> int:
@@ -433,7 +438,7 @@ def cmd_autoscale(args: argparse.Namespace, argv: list[str]) -> int:
     search = Search(args.mode, float(start), float(limit), resolution, args.margin, integer)
     req = Request(overrides=overrides(args), pause_s=args.pause, name=args.suite_name,
                   config=args.config)
-    return execute_autoscale(req, args.key, search, shlex.join(["python", "-m", "mpi_kvbench", *argv]))
+    return execute_autoscale(req, args.key, search, command_line(argv))
 
 
 def cmd_datasize(args: argparse.Namespace) -> int:
@@ -455,7 +460,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     from mpi_kvbench.run import execute
 
     cfg = cfgmod.load(args.config, overrides(args))
-    return execute(cfg, shlex.join(["python", "-m", "mpi_kvbench", *argv]), quiet=args.quiet)
+    return execute(cfg, command_line(argv), quiet=args.quiet)
 
 
 def one_line(err: BaseException) -> str:
