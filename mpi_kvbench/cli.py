@@ -364,9 +364,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.size_gb <= 0:
         raise ConfigError("--size-gb: give a positive size")
     geo = cfg.geometry
-    spec = next((t for t in cfg.tiers if t.kind == "storage"), None)   # allow_memory (tmpfs)
-    params = StorageTier.Params(path=args.cache_dir,
-                                allow_memory=bool(spec and spec.params.allow_memory))
+    if int(args.size_gb * 1e9) < geo.object_bytes:   # else the tier names its capacity_gb
+        raise ConfigError(f"--size-gb {args.size_gb:g}: less than one object ({geo.object_bytes / 1e9:g}"
+                          f" GB with {cfg.model.name} and kv.chunk_tokens={cfg.kv.chunk_tokens});"
+                          " give more, or a smaller kv.chunk_tokens")
+    # the config's storage settings (allow_memory, o_direct, max_free_share), as a run's
+    # own calibration takes them; the path is --cache-dir's either way
+    spec = next((t for t in cfg.tiers if t.kind == "storage"), None)
+    params = spec.params if spec else StorageTier.Params(path=args.cache_dir)
     result = calibrate(params, RankContext(run_id=f"cal{os.getpid()}"), geo.object_bytes, cfg.io.io_depth,
                        int(args.size_gb * 1e9))
     if args.json:

@@ -343,3 +343,37 @@ def test_set_one_weight_of_a_default_mapping_keeps_the_others_tiers() -> None:
 def test_set_one_weight_of_a_plugin_mapping_keeps_the_others() -> None:
     cfg = config.load(None, [config.parse_set("workload.qos_mix.interactive=0.3")])
     assert cfg.workload.qos_mix == {"interactive": 0.3, "responsive": 0.35, "batch": 0.5}
+
+
+CALIBRATE_TINY = ["--set", "model.name=tiny-1b", "--set", "kv.chunk_tokens=16"]   # 393 KB objects
+
+
+def test_calibrate_takes_the_configs_storage_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command used to keep only allow_memory of tiers.storage: o_direct and
+    max_free_share given with --set were silently ignored."""
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(var, raising=False)
+    base = ["calibrate", "--cache-dir", str(tmp_path / "c"), "--size-gb", "0.002", "--json",
+            *CALIBRATE_TINY]
+    capsys.readouterr()
+    assert cli_mod.main([*base, "--set", "tiers.storage.o_direct=false"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["o_direct"] is False and result["bytes"] == 5 * 16 * BPT["tiny-1b"]
+    assert cli_mod.main([*base, "--set", "tiers.storage.max_free_share=1e-12"]) == 2
+    assert "GB free, too little for one object" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_calibrate_names_size_gb_when_it_holds_no_object(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(var, raising=False)
+    capsys.readouterr()
+    assert cli_mod.main(["calibrate", "--cache-dir", str(tmp_path / "c"), "--size-gb", "0.0003",
+                         *CALIBRATE_TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --size-gb 0.0003: less than one object"), err
+    assert f"{16 * BPT['tiny-1b'] / 1e9:g} GB" in err[0]
+    assert not (tmp_path / "c").exists()
