@@ -77,6 +77,10 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:   # one line, not usage + message
         if message.startswith("unrecognized arguments: "):
             flag = message.split(": ", 1)[1].split()[0].split("=")[0]
+            command = getattr(self, "_command", None)
+            if flag.startswith("--") and command and flag in self.flags(every=True):
+                raise ConfigError(f"{flag}: not a flag of the {command} command"
+                                  f" (see `mpi_kvbench {command} --help`)")
             flags = self.flags()
             close = [f for f in flags if f.startswith(flag)] if flag.startswith("--") else []
             close = close if len(close) == 1 else difflib.get_close_matches(flag, flags, n=1)
@@ -84,12 +88,19 @@ class Parser(argparse.ArgumentParser):
                 raise ConfigError(f"{flag}: unknown flag; did you mean {close[0]}? (see --help)")
         raise ConfigError(f"{message} (see --help)")
 
-    def flags(self) -> list[str]:
-        """Every long flag of this parser and its commands."""
+    def parse_known_args(self, args=None, namespace=None):   # noqa: ANN001, ANN201 - argparse's
+        self._command = next((a for a in args or () if not a.startswith("-")), None)
+        return super().parse_known_args(args, namespace)
+
+    def flags(self, every: bool = False) -> list[str]:
+        """Every long flag of this parser and of the command being parsed (``every``, or
+        before a command is known: of every command), so a hint offers only a flag that
+        the command takes."""
         out = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
         for a in self._actions:
             if isinstance(a, argparse._SubParsersAction):
-                for sub in a.choices.values():
+                chosen = None if every else a.choices.get(getattr(self, "_command", None))
+                for sub in [chosen] if chosen else a.choices.values():
                     out += sub.flags()
         return sorted(set(out))
 

@@ -348,12 +348,17 @@ def test_set_one_weight_of_a_plugin_mapping_keeps_the_others() -> None:
 CALIBRATE_TINY = ["--set", "model.name=tiny-1b", "--set", "kv.chunk_tokens=16"]   # 393 KB objects
 
 
-def test_calibrate_takes_the_configs_storage_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """The command used to keep only allow_memory of tiers.storage: o_direct and
-    max_free_share given with --set were silently ignored."""
+@pytest.fixture
+def rank0(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No launcher's rank in the environment: this process is rank 0, the one that prints."""
     for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
         monkeypatch.delenv(var, raising=False)
+
+
+def test_calibrate_takes_the_configs_storage_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      rank0: None) -> None:
+    """The command used to keep only allow_memory of tiers.storage: o_direct and
+    max_free_share given with --set were silently ignored."""
     base = ["calibrate", "--cache-dir", str(tmp_path / "c"), "--size-gb", "0.002", "--json",
             *CALIBRATE_TINY]
     capsys.readouterr()
@@ -367,9 +372,7 @@ def test_calibrate_takes_the_configs_storage_settings(tmp_path: Path, capsys: py
 
 def test_calibrate_names_size_gb_when_it_holds_no_object(tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str],
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
-        monkeypatch.delenv(var, raising=False)
+                                                         rank0: None) -> None:
     capsys.readouterr()
     assert cli_mod.main(["calibrate", "--cache-dir", str(tmp_path / "c"), "--size-gb", "0.0003",
                          *CALIBRATE_TINY]) == 2
@@ -377,3 +380,20 @@ def test_calibrate_names_size_gb_when_it_holds_no_object(tmp_path: Path,
     assert len(err) == 1 and err[0].startswith("error: --size-gb 0.0003: less than one object"), err
     assert f"{16 * BPT['tiny-1b'] / 1e9:g} GB" in err[0]
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--duraton", "5"], "error: --duraton: unknown flag; did you mean --duration? (see --help)"),
+    (["calibrate", "--cache-dir", "x", "--cache-di", "y"],
+     "error: --cache-di: unknown flag; did you mean --cache-dir? (see --help)"),
+    # another command's flag: said so, never offered back (it was: "did you mean --model?")
+    (["calibrate", "--cache-dir", "x", "--model", "tiny-1b"],
+     "error: --model: not a flag of the calibrate command (see `mpi_kvbench calibrate --help`)"),
+    (["--json"], "error: --json: not a flag of the run command (see `mpi_kvbench run --help`)"),
+])
+def test_a_wrong_flag_gets_a_hint_from_its_own_command(argv: list[str], line: str,
+                                                       capsys: pytest.CaptureFixture[str],
+                                                       rank0: None) -> None:
+    capsys.readouterr()
+    assert cli_mod.main(argv) == 2
+    assert capsys.readouterr().err.splitlines() == [line]
