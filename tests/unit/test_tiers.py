@@ -183,7 +183,7 @@ def test_storage_capacity_is_capped_by_free_space(tmp_path: Path, share: float) 
         # reserved): other jobs write and delete on this disk meanwhile
         after = free_bytes(tmp_path) + tier.slots * OBJ
         lo, hi = share * min(before, after), share * max(before, after)
-        assert tier.configured_bytes == huge
+        assert tier.requested_bytes == huge
         assert 0.99 * lo <= tier.capacity_bytes <= 1.01 * hi
         assert tier.slots == tier.capacity_bytes // OBJ
         assert tier.info()["configured_bytes"] == huge
