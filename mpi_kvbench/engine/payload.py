@@ -159,8 +159,7 @@ class _Generator(threading.Thread):
         self.stream = Stream()
         self.cpu_s = 0.0           # its own CPU time inside fills
         self.wall_s = 0.0          # wall time inside fills: its fill rate, contention included
-        self.bytes = 0
-        self.fills = 0
+        self.bytes = 0             # every byte it filled (0: it has not filled a buffer yet)
 
     def run(self) -> None:
         while (buf := self.empty.get()) is not None:      # None: close() says stop
@@ -173,7 +172,6 @@ class _Generator(threading.Thread):
             self.cpu_s += time.thread_time() - c
             self.wall_s += time.perf_counter() - w
             self.bytes += len(buf)
-            self.fills += 1
             self.ready.put(buf)
 
 
@@ -200,9 +198,7 @@ class PayloadSource:
         # default 320 MiB (ten 32 MiB spares) is what generation on two cores needed:
         # two spares cost 8% of storage GB/s there and 0.8-1.4 s of writers' wait per
         # second (docs/DESIGN-NOTES.md, "Payload spares").
-        spare = depth + 2 if mode == "fresh" else 2
-        if mode == "fresh":
-            spare = max(2, min(spare, spare_bytes // object_bytes))
+        spare = max(2, min(depth + 2, spare_bytes // object_bytes)) if mode == "fresh" else 2
         count = max(depth + spare, -(-ring_bytes // object_bytes))
         self._buffers = [aligned_buffer(object_bytes) for _ in range(count)]
         self._generators: list[_Generator] = []
@@ -332,7 +328,7 @@ class PayloadSource:
         Called with the lock held."""
         if self._closed or self.mode != "fresh" or len(self._generators) >= self.max_threads:
             return
-        if self._generators and self._generators[-1].fills == 0:
+        if self._generators and self._generators[-1].bytes == 0:
             return
         self._start_generator()
 
