@@ -33,10 +33,6 @@ class Filled:
     blocks: int
     elapsed_ns: int
 
-    @property
-    def gbps(self) -> float | None:
-        return self.bytes / self.elapsed_ns if self.elapsed_ns else None
-
 
 def blocks_for(tier: Tier, fills: float) -> int:
     """How many object-sized blocks ``fills`` times the tier's usable space is."""
