@@ -306,3 +306,21 @@ def test_registry_names_and_errors() -> None:
         TIERS.load("storag")
     with pytest.raises(ConfigError, match="unknown setting"):
         TIERS.params("dram", {"path": "/tmp"}, "tiers.dram")
+
+
+def test_calibration_leaves_nothing_when_its_set_up_fails(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The slab is open (and its directories made) before the payload ring: a ring that
+    cannot be made must not leave the directories, nor the descriptor, behind."""
+    from mpi_kvbench import calibrate as cal
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("ring")
+
+    monkeypatch.setattr(cal, "PayloadSource", no_memory)
+    params = TIERS.load("storage").Params(path=str(tmp_path / "new" / "dir"))
+    fds = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(MemoryError):
+        cal.calibrate(params, RankContext(run_id="cal"), OBJ, 2, 4 * OBJ)
+    assert tree(tmp_path) == set()
+    assert len(os.listdir("/proc/self/fd")) == fds
