@@ -24,9 +24,10 @@ def calibrate(params: StorageTier.Params, ctx: RankContext, object_bytes: int, i
     tier = StorageTier(params, size_bytes, object_bytes, level="storage")
     tier.open(dataclasses.replace(ctx, run_id=f"{ctx.run_id}-calibrate"))
     tier.unlink()   # nobody else opens it: nameless from the start, so nothing can leak
-    payload = PayloadSource(object_bytes, io_depth, "reuse")
-    pool = IOPool([tier], object_bytes, io_depth, payload, verify=False)
+    payload = pool = None
     try:
+        payload = PayloadSource(object_bytes, io_depth, "reuse")
+        pool = IOPool([tier], object_bytes, io_depth, payload, verify=False)
         n = tier.slots
         figures: dict[str, Any] = {"path": tier.path, "fs_type": tier.fs, "o_direct": tier.o_direct,
                                    "block_bytes": object_bytes, "io_depth": io_depth,
@@ -37,7 +38,9 @@ def calibrate(params: StorageTier.Params, ctx: RankContext, object_bytes: int, i
             pool.run(ops)
             figures[f"{name}_gbps"] = round(n * object_bytes / (time.perf_counter_ns() - t0), 4)
         return figures
-    finally:
-        pool.close()
-        payload.close()
+    finally:   # the directories it made go too, whatever failed
+        if pool is not None:
+            pool.close()
+        if payload is not None:
+            payload.close()
         tier.close()

@@ -49,6 +49,11 @@ RUN_FLAGS = {
 }
 
 
+def command_line(argv: list[str]) -> str:
+    """The command as the result records it: the arguments after ``python -m mpi_kvbench``."""
+    return shlex.join(["python", "-m", "mpi_kvbench", *argv])
+
+
 def launch_rank() -> int:
     """This process's rank from the launcher's environment, without starting MPI."""
     for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
@@ -72,6 +77,10 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:   # one line, not usage + message
         if message.startswith("unrecognized arguments: "):
             flag = message.split(": ", 1)[1].split()[0].split("=")[0]
+            command = getattr(self, "_command", None)
+            if flag.startswith("--") and command and flag in self.flags(every=True):
+                raise ConfigError(f"{flag}: not a flag of the {command} command"
+                                  f" (see `mpi_kvbench {command} --help`)")
             flags = self.flags()
             close = [f for f in flags if f.startswith(flag)] if flag.startswith("--") else []
             close = close if len(close) == 1 else difflib.get_close_matches(flag, flags, n=1)
@@ -79,12 +88,19 @@ class Parser(argparse.ArgumentParser):
                 raise ConfigError(f"{flag}: unknown flag; did you mean {close[0]}? (see --help)")
         raise ConfigError(f"{message} (see --help)")
 
-    def flags(self) -> list[str]:
-        """Every long flag of this parser and its commands."""
+    def parse_known_args(self, args=None, namespace=None):   # noqa: ANN001, ANN201 - argparse's
+        self._command = next((a for a in args or () if not a.startswith("-")), None)
+        return super().parse_known_args(args, namespace)
+
+    def flags(self, every: bool = False) -> list[str]:
+        """Every long flag of this parser and of the command being parsed (``every``, or
+        before a command is known: of every command), so a hint offers only a flag that
+        the command takes."""
         out = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
         for a in self._actions:
             if isinstance(a, argparse._SubParsersAction):
-                for sub in a.choices.values():
+                chosen = None if every else a.choices.get(getattr(self, "_command", None))
+                for sub in [chosen] if chosen else a.choices.values():
                     out += sub.flags()
         return sorted(set(out))
 
@@ -359,9 +375,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.size_gb <= 0:
         raise ConfigError("--size-gb: give a positive size")
     geo = cfg.geometry
-    spec = next((t for t in cfg.tiers if t.kind == "storage"), None)   # allow_memory (tmpfs)
-    params = StorageTier.Params(path=args.cache_dir,
-                                allow_memory=bool(spec and spec.params.allow_memory))
+    if int(args.size_gb * 1e9) < geo.object_bytes:   # else the tier names its capacity_gb
+        raise ConfigError(f"--size-gb {args.size_gb:g}: less than one object ({geo.object_bytes / 1e9:g}"
+                          f" GB with {cfg.model.name} and kv.chunk_tokens={cfg.kv.chunk_tokens});"
+                          " give more, or a smaller kv.chunk_tokens")
+    # the config's storage settings (allow_memory, o_direct, max_free_share), as a run's
+    # own calibration takes them; the path is --cache-dir's either way
+    spec = next((t for t in cfg.tiers if t.kind == "storage"), None)
+    params = spec.params if spec else StorageTier.Params(path=args.cache_dir)
     result = calibrate(params, RankContext(run_id=f"cal{os.getpid()}"), geo.object_bytes, cfg.io.io_depth,
                        int(args.size_gb * 1e9))
     if args.json:
@@ -392,7 +413,7 @@ def cmd_checkpoint(args: argparse.Namespace, argv: list[str]) -> int:
             section[key] = {**old, **value} if isinstance(old, dict) and isinstance(value, dict) \
                 else value
     s = settings.build(section)
-    return execute(s, shlex.join(["python", "-m", "mpi_kvbench", *argv]))
+    return execute(s, command_line(argv))
 
 
 def cmd_suite(args: argparse.Namespace, argv: list[str]) -> int:
@@ -402,7 +423,7 @@ def cmd_suite(args: argparse.Namespace, argv: list[str]) -> int:
     req = Request(suite_file=args.suite_file, mlperf=args.mlperf, overrides=overrides(args),
                   trials=args.trials, pause_s=args.pause, cv_threshold=args.cv_threshold,
                   name=args.suite_name, configs_dir=args.configs_dir)
-    return execute_suite(req, shlex.join(["python", "-m", "mpi_kvbench", *argv]))
+    return execute_suite(req, command_line(argv))
 
 
 def cmd_sweep(args: argparse.Namespace, argv: list[str]) -> int:
@@ -414,7 +435,7 @@ def cmd_sweep(args: argparse.Namespace, argv: list[str]) -> int:
     values = [yaml.safe_load(v) for v in args.values.split(",") if v.strip()]
     req = Request(overrides=overrides(args), trials=args.trials, pause_s=args.pause,
                   name=args.suite_name, sweep=(args.key, values), config=args.config)
-    return execute_suite(req, shlex.join(["python", "-m", "mpi_kvbench", *argv]))
+    return execute_suite(req, command_line(argv))
 
 
 def cmd_autoscale(args: argparse.Namespace, argv: list[str]) -> int:
@@ -433,7 +454,7 @@ def cmd_autoscale(args: argparse.Namespace, argv: list[str]) -> int:
     search = Search(args.mode, float(start), float(limit), resolution, args.margin, integer)
     req = Request(overrides=overrides(args), pause_s=args.pause, name=args.suite_name,
                   config=args.config)
-    return execute_autoscale(req, args.key, search, shlex.join(["python", "-m", "mpi_kvbench", *argv]))
+    return execute_autoscale(req, args.key, search, command_line(argv))
 
 
 def cmd_datasize(args: argparse.Namespace) -> int:
@@ -455,7 +476,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     from mpi_kvbench.run import execute
 
     cfg = cfgmod.load(args.config, overrides(args))
-    return execute(cfg, shlex.join(["python", "-m", "mpi_kvbench", *argv]), quiet=args.quiet)
+    return execute(cfg, command_line(argv), quiet=args.quiet)
 
 
 def one_line(err: BaseException) -> str:

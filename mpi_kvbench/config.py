@@ -365,11 +365,8 @@ def validate(raw: dict) -> Config:
     wl_kind = wl.pop("kind", "synthetic")
     workload = WORKLOADS.params(_kind(wl_kind, "workload.kind", WORKLOADS), wl, "workload")
 
-    tiers_raw = raw.get("tiers") or {}
-    if not isinstance(tiers_raw, dict):
-        raise ConfigError("tiers: expected a mapping hbm/dram/storage -> {kind, capacity_gb, ...}")
     tiers = []
-    for level, sec in tiers_raw.items():
+    for level, sec in (raw.get("tiers") or {}).items():   # a mapping: checked above
         if level not in TIER_LEVELS:
             raise unknown(f"tiers.{level}", level, TIER_LEVELS)
         sec = dict(sec or {})

@@ -55,10 +55,6 @@ class Registry:
             raise ConfigError(f"{self.kind} {name!r} lacks {', '.join(missing)}")
         return cls
 
-    def describe(self, name: str) -> str:
-        doc = self.load(name).__doc__ or ""
-        return doc.strip().splitlines()[0] if doc.strip() else ""
-
     def params(self, name: str, section: dict[str, Any], where: str) -> Any:
         """Builds the plug-in's ``Params`` dataclass from its config section (minus ``kind``)."""
         cls = self.load(name)

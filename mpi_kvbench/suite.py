@@ -96,7 +96,7 @@ class PlannedRun:
 @dataclass(frozen=True)
 class Plan:
     name: str
-    mode: str                 # "closed", "open" or "suite"
+    mode: str                 # "closed", "open" (MLPerf), "suite" (a suite file) or "sweep"
     directory: str            # where the runs and suite.json go
     runs: list[PlannedRun]
     pause_s: float
@@ -200,7 +200,6 @@ def _plan_file(req: Request, stamp: str, results_dir: str) -> Plan:
     here = os.path.dirname(os.path.abspath(req.suite_file))
     name = req.name or sec.name or f"{os.path.splitext(os.path.basename(req.suite_file))[0]}-{stamp}"
     directory = os.path.join(results_dir, name)
-    trials_default = req.trials or sec.trials
     common = nested(sec.set, "suite.set")
     options: dict[str, dict] = {}
     runs: list[PlannedRun] = []
@@ -212,7 +211,7 @@ def _plan_file(req: Request, stamp: str, results_dir: str) -> Plan:
         path = entry.config or sec.config
         if path and not os.path.isabs(path) and os.path.exists(os.path.join(here, path)):
             path = os.path.join(here, path)   # else a shipped config's name, or the error
-        trials = req.trials or entry.trials or trials_default
+        trials = req.trials or entry.trials or sec.trials
         overrides = [common, nested(entry.set, f"runs[{i}].set"), *req.overrides]
         for t in range(1, trials + 1):
             runs.append(PlannedRun(entry.name, t, _place(path, overrides, directory,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mpi_kvbench.engine.payload import BLOCK
 from mpi_kvbench.layout import aligned_buffer
 from mpi_kvbench.tiers.base import Tier
 
@@ -31,10 +32,6 @@ class Filled:
     bytes: int
     blocks: int
     elapsed_ns: int
-
-    @property
-    def gbps(self) -> float | None:
-        return self.bytes / self.elapsed_ns if self.elapsed_ns else None
 
 
 def blocks_for(tier: Tier, fills: float) -> int:
@@ -63,7 +60,7 @@ def fill_device(tier: Tier, fills: float, io_depth: int, stop: Callable[[], obje
                     if i >= total or stop():
                         return
                     state["next"] = i + 1
-                words[::512] = i   # every 4 KiB block of every write is new
+                words[::BLOCK // 8] = i   # every 4 KiB block of every write is new
                 moved = tier.write(i % tier.slots, memoryview(buf))
                 with lock:
                     state["done"] += 1
@@ -74,8 +71,9 @@ def fill_device(tier: Tier, fills: float, io_depth: int, stop: Callable[[], obje
             del words   # the view must go before the buffer closes
             buf.close()
 
+    threads = max(1, min(io_depth, total))
     t0 = time.perf_counter_ns()
-    with ThreadPoolExecutor(max_workers=max(1, min(io_depth, total))) as pool:
-        for f in [pool.submit(worker) for _ in range(max(1, min(io_depth, total)))]:
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for f in [pool.submit(worker) for _ in range(threads)]:
             f.result()
     return Filled(state["bytes"], state["done"], time.perf_counter_ns() - t0)

@@ -159,8 +159,7 @@ class _Generator(threading.Thread):
         self.stream = Stream()
         self.cpu_s = 0.0           # its own CPU time inside fills
         self.wall_s = 0.0          # wall time inside fills: its fill rate, contention included
-        self.bytes = 0
-        self.fills = 0
+        self.bytes = 0             # every byte it filled (0: it has not filled a buffer yet)
 
     def run(self) -> None:
         while (buf := self.empty.get()) is not None:      # None: close() says stop
@@ -173,7 +172,6 @@ class _Generator(threading.Thread):
             self.cpu_s += time.thread_time() - c
             self.wall_s += time.perf_counter() - w
             self.bytes += len(buf)
-            self.fills += 1
             self.ready.put(buf)
 
 
@@ -341,7 +339,7 @@ class PayloadSource:
         Called with the lock held."""
         if self._closed or self.mode != "fresh" or len(self._generators) >= self.max_threads:
             return
-        if self._generators and self._generators[-1].fills == 0:
+        if self._generators and self._generators[-1].bytes == 0:
             return
         self._start_generator()
 

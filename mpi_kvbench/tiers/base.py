@@ -11,7 +11,8 @@ What the core needs to know about a plug-in is a read-only class flag or a metho
 never a type check: ``needs_payload`` (False: writes need no fresh bytes), ``shareable``
 (the ranks of a TP group can share one copy: a writer and readers), ``location`` and
 ``open_peer`` (another rank reads this tier's objects: disaggregated serving), and
-``cleanup`` (what is left once every rank has closed).
+``unlink`` and ``cleanup`` (the names a tier made on disk, removed once every rank has
+opened what it reads of the others', at the end of set-up).
 
 Optional fast paths (defaults keep a tier on the plain ``write``/``read`` path; the I/O
 pool asks, a tier that does not answer is used as before):

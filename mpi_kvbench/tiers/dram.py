@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from mpi_kvbench.context import RankContext
+from mpi_kvbench.environment import memory_bytes
 from mpi_kvbench.errors import ConfigError
 from mpi_kvbench.layout import aligned_buffer
 from mpi_kvbench.tiers.base import Tier
@@ -115,8 +116,8 @@ class DramTier(Tier):
         pin: bool = True      # page-lock the slots when torch sees a GPU (false: pageable)
 
     def open(self, ctx: RankContext) -> None:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        if self.slots * self.object_bytes > total:   # pre-faulting it would call the OOM killer
+        total = memory_bytes()
+        if total and self.slots * self.object_bytes > total:   # pre-faulting it would call the OOM killer
             raise ConfigError(f"tiers.{self.level}.capacity_gb={self.capacity_bytes / 1e9:g} is more"
                               f" than this node's {total / 1e9:.1f} GB of memory; give less")
         self._mem = HostSlots(self.slots, self.object_bytes)

@@ -31,7 +31,7 @@ from mpi_kvbench.context import RankContext
 from mpi_kvbench.errors import ConfigError
 from mpi_kvbench.layout import ALIGN, MASK64, aligned_buffer
 from mpi_kvbench.tiers.base import Tier
-from mpi_kvbench.tiers.dram import HostSlots, pin, unpin
+from mpi_kvbench.tiers.dram import HostSlots, device_index, pin, unpin
 
 DEVICES = ("auto", "cuda", "cpu", "emulated")
 RING_BYTES = 64 << 20    # device payload ring, as the host one: beyond any compressor's window
@@ -97,7 +97,7 @@ class HbmTier(Tier):
         if want == "cpu":
             return "cpu"
         if torch.cuda.is_available():
-            return f"cuda:{ctx.local_rank % torch.cuda.device_count()}"
+            return f"cuda:{device_index(torch, ctx.local_rank)}"
         if want == "cuda":
             raise ConfigError("tiers.hbm.device=cuda: torch sees no GPU; use device: auto")
         return "emulated"
@@ -181,16 +181,19 @@ class HbmTier(Tier):
 
     def copy_from(self, slot: int, src: Tier, src_slot: int) -> int | None:
         """Host to device straight from ``src``'s host slot (DRAM); with GDS, file to
-        device from a storage tier's slab (slot n at n × object size)."""
+        device from a storage tier's slab (its descriptor ``fd``; slot n at n × object size)."""
         if self._torch is None:
             return None
         view = src.host_slot(src_slot)
         if view is not None:
             return self.write(slot, view)
-        path = src.location() if self._gds is not None and src.level == "storage" else None
-        if path is None:
+        own_slab = self._gds is not None and src.level == "storage" and src.location() is not None
+        fd = getattr(src, "fd", -1) if own_slab else -1
+        if fd < 0:
             return None
-        return self._gds.read(path, src_slot * src.object_bytes, self._buf[slot])
+        # the slab's name is removed at the end of set-up (``Tier.unlink``); its open
+        # descriptor reaches it still, and /proc names the descriptor for cuFile to open
+        return self._gds.read(f"/proc/self/fd/{fd}", src_slot * src.object_bytes, self._buf[slot])
 
     def staging_buffer(self) -> Any:
         """A pinned, page-aligned host buffer of one object (O_DIRECT can use it too), so

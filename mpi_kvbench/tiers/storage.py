@@ -164,17 +164,16 @@ class StorageTier(Tier):
         self.fs = fs_type(base)
         # every rank that may write this file system gets an equal part of the safe share
         sharers = ctx.world_size if self.fs in SHARED_FS else ctx.ranks_per_node
-        self.configured_bytes = self.capacity_bytes
         self.capacity_bytes = min(self.capacity_bytes,
                                   int(free * self.params.max_free_share / max(1, sharers)))
-        if self.capacity_bytes < self.configured_bytes:
+        if self.capacity_bytes < self.requested_bytes:
             self.capped = (f"{free / 1e9:.2f} GB free on {base} ({self.fs}), max_free_share"
                            f" {self.params.max_free_share:g} over {sharers} rank(s)")
         if self.slots == 0:
             self.close()
-            if self.configured_bytes < self.object_bytes:
+            if self.requested_bytes < self.object_bytes:
                 raise ConfigError(
-                    f"tiers.storage.capacity_gb={self.configured_bytes / 1e9:g} is less than one"
+                    f"tiers.storage.capacity_gb={self.requested_bytes / 1e9:g} is less than one"
                     f" object ({self.object_bytes / 1e9:g} GB); give it more capacity")
             raise ConfigError(f"tiers.storage.path: {base} has {free / 1e9:.2f} GB free, too little"
                               f" for one object per rank ({sharers} ranks share it); free space"
@@ -265,7 +264,7 @@ class StorageTier(Tier):
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "path": self.path, "fs_type": self.fs, "o_direct": self.o_direct,
-                "configured_bytes": self.configured_bytes, "preallocated": self.preallocated,
+                "configured_bytes": self.requested_bytes, "preallocated": self.preallocated,
                 "group_role": None if self.share == "private" else self.share,
                 "memory_backed": self.memory, "devices": self.devices, "no_device": self.no_device,
                 # a slab shorter than its furthest write was truncated under the run

@@ -343,3 +343,57 @@ def test_set_one_weight_of_a_default_mapping_keeps_the_others_tiers() -> None:
 def test_set_one_weight_of_a_plugin_mapping_keeps_the_others() -> None:
     cfg = config.load(None, [config.parse_set("workload.qos_mix.interactive=0.3")])
     assert cfg.workload.qos_mix == {"interactive": 0.3, "responsive": 0.35, "batch": 0.5}
+
+
+CALIBRATE_TINY = ["--set", "model.name=tiny-1b", "--set", "kv.chunk_tokens=16"]   # 393 KB objects
+
+
+@pytest.fixture
+def rank0(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No launcher's rank in the environment: this process is rank 0, the one that prints."""
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_calibrate_takes_the_configs_storage_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      rank0: None) -> None:
+    """The command used to keep only allow_memory of tiers.storage: o_direct and
+    max_free_share given with --set were silently ignored."""
+    base = ["calibrate", "--cache-dir", str(tmp_path / "c"), "--size-gb", "0.002", "--json",
+            *CALIBRATE_TINY]
+    capsys.readouterr()
+    assert cli_mod.main([*base, "--set", "tiers.storage.o_direct=false"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["o_direct"] is False and result["bytes"] == 5 * 16 * BPT["tiny-1b"]
+    assert cli_mod.main([*base, "--set", "tiers.storage.max_free_share=1e-12"]) == 2
+    assert "GB free, too little for one object" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_calibrate_names_size_gb_when_it_holds_no_object(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str],
+                                                         rank0: None) -> None:
+    capsys.readouterr()
+    assert cli_mod.main(["calibrate", "--cache-dir", str(tmp_path / "c"), "--size-gb", "0.0003",
+                         *CALIBRATE_TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --size-gb 0.0003: less than one object"), err
+    assert f"{16 * BPT['tiny-1b'] / 1e9:g} GB" in err[0]
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--duraton", "5"], "error: --duraton: unknown flag; did you mean --duration? (see --help)"),
+    (["calibrate", "--cache-dir", "x", "--cache-di", "y"],
+     "error: --cache-di: unknown flag; did you mean --cache-dir? (see --help)"),
+    # another command's flag: said so, never offered back (it was: "did you mean --model?")
+    (["calibrate", "--cache-dir", "x", "--model", "tiny-1b"],
+     "error: --model: not a flag of the calibrate command (see `mpi_kvbench calibrate --help`)"),
+    (["--json"], "error: --json: not a flag of the run command (see `mpi_kvbench run --help`)"),
+])
+def test_a_wrong_flag_gets_a_hint_from_its_own_command(argv: list[str], line: str,
+                                                       capsys: pytest.CaptureFixture[str],
+                                                       rank0: None) -> None:
+    capsys.readouterr()
+    assert cli_mod.main(argv) == 2
+    assert capsys.readouterr().err.splitlines() == [line]

@@ -243,6 +243,46 @@ def test_gds_without_a_cuda_device_is_off_and_says_why(tiers) -> None:
     assert tiers("hbm", device="cpu").info()["gds_status"] == "off"
 
 
+class FileKvikio:
+    """kvikio's ``CuFile`` as plain file reads: opens the path it is given, as cuFile does."""
+
+    class CuFile:
+        def __init__(self, path: str, mode: str) -> None:
+            self.fh = open(path, mode + "b")   # noqa: SIM115 - closed by close()
+
+        def read(self, dst, nbytes: int, offset: int) -> int:
+            self.fh.seek(offset)
+            data = self.fh.read(nbytes)
+            dst.numpy()[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+            return len(data)
+
+        def close(self) -> None:
+            self.fh.close()
+
+
+def test_gds_reads_a_slab_whose_name_set_up_removed(tiers, tmp_path: Path) -> None:
+    """A run unlinks every slab's name at the end of set-up (``Tier.unlink``); a GDS read
+    after that must still reach the slab (through its open descriptor), byte for byte."""
+    from mpi_kvbench.tiers.hbm import _Gds
+
+    hbm = tiers("hbm", 4, device="cpu")
+    storage = TIERS.load("storage")(TIERS.load("storage").Params(path=str(tmp_path), o_direct=False),
+                                    4 * OBJ, OBJ, level="storage")
+    storage.open(RankContext(run_id="gds"))
+    try:
+        data = np.random.default_rng(5).integers(0, 256, OBJ, dtype=np.uint8)
+        src = aligned_buffer(OBJ)
+        src[:] = data.tobytes()
+        storage.write(2, memoryview(src))
+        storage.unlink()                                  # as run.py does before measuring
+        assert not Path(storage.path).exists()
+        hbm._gds = _Gds(FileKvikio)
+        assert hbm.copy_from(1, storage, 2) == OBJ
+        assert read_back(hbm, 1) == data.tobytes()
+    finally:
+        storage.close()
+
+
 def test_dram_can_be_told_not_to_pin(tiers) -> None:
     assert tiers("dram", pin=False).info()["pinned"] is False
     dram = tiers("dram", 3)

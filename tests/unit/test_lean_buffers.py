@@ -4,6 +4,9 @@ the footprint helpers read this process's own memory and age."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import threading
 
 import pytest
@@ -109,6 +112,10 @@ def test_footprint_reads_this_process() -> None:
     assert footprint.peak_rss_bytes() >= footprint.rss_bytes()
     del block
     assert 0 < footprint.process_age_s() < 24 * 3600
+    if shutil.which("ps"):   # the kernel's start time as ps reads it, in whole seconds
+        etimes = int(subprocess.run(["ps", "-o", "etimes=", "-p", str(os.getpid())],
+                                    capture_output=True, text=True, check=True).stdout)
+        assert abs(footprint.process_age_s() - etimes) <= 2
     fp = footprint.Footprint()
     fp.lap("a")
     fp.lap("a")
@@ -116,3 +123,16 @@ def test_footprint_reads_this_process() -> None:
     out = fp.counters()
     assert set(out) == {"setup.a_us", "memory.here_rss_bytes", "peak_rss_bytes"}
     assert out["peak_rss_bytes"] >= out["memory.here_rss_bytes"] > 0
+
+
+def test_footprint_laps_add_up_per_phase(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A phase seen twice gets both laps; each lap runs from the one before, any phase."""
+    clock = iter([1.5, 2.0, 4.0])
+    monkeypatch.setattr(footprint.time, "perf_counter", lambda: next(clock))
+    fp = footprint.Footprint(_t=0.0)
+    fp.lap("a")                                       # 0.0 -> 1.5
+    fp.lap("b")                                       # 1.5 -> 2.0
+    fp.lap("a")                                       # 2.0 -> 4.0
+    monkeypatch.undo()
+    out = fp.counters()
+    assert out["setup.a_us"] == 3_500_000 and out["setup.b_us"] == 500_000

@@ -7,6 +7,7 @@ import struct
 
 import numpy as np
 import pytest
+from payload_rig import stream_blocks
 
 from mpi_kvbench.engine import payload as pl
 from mpi_kvbench.engine.payload import BLOCK, PayloadSource
@@ -14,31 +15,6 @@ from mpi_kvbench.engine.payload import BLOCK, PayloadSource
 zstd = pytest.importorskip("zstandard")
 
 STREAM = 64 << 20     # bytes of consecutive writes per check
-
-
-def write_stream(source: PayloadSource, total: int) -> tuple[float, int, int]:
-    """Takes, stamps and 'writes' buffers as the I/O pool does, ``total`` bytes in all.
-    Returns (zstd level-3 size / raw size, blocks, distinct blocks)."""
-    comp = zstd.ZstdCompressor(level=3).compressobj()
-    packed = 0
-    digests: set[bytes] = set()
-    blocks = 0
-    written = seq = 0
-    while written < total:
-        buf = source.take()
-        seq += 1
-        try:
-            pl.stamp(buf, 1000 + seq % 13, seq)            # few keys, rewritten often
-            raw = bytes(buf)
-        finally:
-            source.give_back(buf)
-        packed += len(comp.compress(raw))
-        for off in range(0, len(raw), BLOCK):
-            digests.add(hashlib.blake2b(raw[off:off + BLOCK], digest_size=16).digest())
-            blocks += 1
-        written += len(raw)
-    packed += len(comp.flush())
-    return packed / written, blocks, len(digests)
 
 
 @pytest.mark.parametrize("mode,object_bytes,depth", [
@@ -49,7 +25,7 @@ def write_stream(source: PayloadSource, total: int) -> tuple[float, int, int]:
 def test_incompressible_and_no_duplicate_block(mode: str, object_bytes: int, depth: int) -> None:
     src = PayloadSource(object_bytes, depth, mode)
     try:
-        ratio, blocks, distinct = write_stream(src, STREAM)
+        ratio, blocks, distinct, _ = stream_blocks(src, STREAM)
     finally:
         src.close()
     assert blocks >= STREAM // BLOCK
@@ -62,7 +38,7 @@ def test_reuse_mode_with_a_small_ring_is_incompressible() -> None:
     repeating well inside zstd's window); the ring is sized up to RING_BYTES instead."""
     src = PayloadSource(64 << 10, 2, "reuse")          # e.g. small layer-wise objects, depth 2
     try:
-        ratio, blocks, distinct = write_stream(src, 16 << 20)
+        ratio, blocks, distinct, _ = stream_blocks(src, 16 << 20)
     finally:
         src.close()
     # the ring holds max(depth + 2, RING_BYTES // object) = 1,024 buffers (64 MiB), so this

@@ -3,19 +3,18 @@ demand, every thread stopped, every byte and CPU second accounted (no timing ass
 
 from __future__ import annotations
 
-import hashlib
 import resource
 import threading
 import time
 
 import pytest
+from payload_rig import stream_blocks
 
 from mpi_kvbench.engine import payload as pl
 from mpi_kvbench.engine.payload import BLOCK, PayloadSource
 
 zstd = pytest.importorskip("zstandard")
 
-STAMP = 24            # bytes of a block's stamp: key, write sequence, offset
 DGEN_BLOCK = 1 << 20  # dgen-py 0.3: a call of more than one block runs on its own threads
 
 
@@ -31,31 +30,6 @@ def wait_for(cond, what: str, limit_s: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"never reached: {what}")
         time.sleep(0.001)
-
-
-def stream_blocks(source: PayloadSource, total: int) -> tuple[float, int, int, int]:
-    """Takes, stamps and 'writes' buffers as the I/O pool does. Returns (zstd ratio, blocks,
-    distinct blocks, distinct blocks once the stamps are cut off)."""
-    comp = zstd.ZstdCompressor(level=3).compressobj()
-    packed = written = blocks = seq = 0
-    whole: set[bytes] = set()
-    bare: set[bytes] = set()
-    while written < total:
-        buf = source.take()
-        seq += 1
-        try:
-            pl.stamp(buf, 7 + seq % 5, seq)
-            raw = bytes(buf)
-        finally:
-            source.give_back(buf)
-        packed += len(comp.compress(raw))
-        for off in range(0, len(raw), BLOCK):
-            whole.add(hashlib.blake2b(raw[off:off + BLOCK], digest_size=16).digest())
-            bare.add(hashlib.blake2b(raw[off + STAMP:off + BLOCK], digest_size=16).digest())
-            blocks += 1
-        written += len(raw)
-    packed += len(comp.flush())
-    return packed / written, blocks, len(whole), len(bare)
 
 
 @pytest.mark.parametrize("threads,object_bytes", [

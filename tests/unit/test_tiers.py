@@ -183,7 +183,7 @@ def test_storage_capacity_is_capped_by_free_space(tmp_path: Path, share: float) 
         # reserved): other jobs write and delete on this disk meanwhile
         after = free_bytes(tmp_path) + tier.slots * OBJ
         lo, hi = share * min(before, after), share * max(before, after)
-        assert tier.configured_bytes == huge
+        assert tier.requested_bytes == huge
         assert 0.99 * lo <= tier.capacity_bytes <= 1.01 * hi
         assert tier.slots == tier.capacity_bytes // OBJ
         assert tier.info()["configured_bytes"] == huge
@@ -306,3 +306,21 @@ def test_registry_names_and_errors() -> None:
         TIERS.load("storag")
     with pytest.raises(ConfigError, match="unknown setting"):
         TIERS.params("dram", {"path": "/tmp"}, "tiers.dram")
+
+
+def test_calibration_leaves_nothing_when_its_set_up_fails(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The slab is open (and its directories made) before the payload ring: a ring that
+    cannot be made must not leave the directories, nor the descriptor, behind."""
+    from mpi_kvbench import calibrate as cal
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("ring")
+
+    monkeypatch.setattr(cal, "PayloadSource", no_memory)
+    params = TIERS.load("storage").Params(path=str(tmp_path / "new" / "dir"))
+    fds = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(MemoryError):
+        cal.calibrate(params, RankContext(run_id="cal"), OBJ, 2, 4 * OBJ)
+    assert tree(tmp_path) == set()
+    assert len(os.listdir("/proc/self/fd")) == fds
