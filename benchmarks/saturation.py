@@ -56,7 +56,7 @@ def run_once(args: argparse.Namespace, variant: str, out: Path, name: str) -> di
 
 
 def figures(s: dict) -> dict:
-    st, cal, cpu = s["tiers"]["storage"], s["calibration"] or {"read_gbps": 0, "write_gbps": 0}, s["cpu"]
+    st, cal, cpu = s["tiers"]["storage"], s.get("calibration") or {"read_gbps": 0, "write_gbps": 0}, s["cpu"]
     need = (st["read_bytes"] / 1e9 / cal["read_gbps"] + st["write_bytes"] / 1e9 / cal["write_gbps"]
             if cal["read_gbps"] else float("nan"))
     return {"gbps": s["storage_throughput_gbps"], "read": st["read_gbps"], "write": st["write_gbps"],
