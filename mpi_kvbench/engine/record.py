@@ -10,7 +10,7 @@ Every name comes from ``results.names``.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -43,11 +43,14 @@ class Recorder:
     ``tiers`` names the I/O pool's tiers by index (the rank's own levels, then any
     other rank's files it reads), so an operation's tier index names its figures.
     ``trace``: the I/O trace log, which gets a row per operation while it is recording.
+    ``clock``: the engine's clock, for the times the recorder reads itself.
     """
 
     def __init__(self, tiers: Sequence[str], chunk_tokens: int, objects_per_chunk: int,
-                 verify: bool, start_ns: int, trace: IoTraceLog | None = None) -> None:
+                 verify: bool, start_ns: int, trace: IoTraceLog | None = None,
+                 clock: Callable[[], int] = time.perf_counter_ns) -> None:
         self.tiers = list(tiers)
+        self.clock = clock            # the engine's (virtual in trace mode)
         self.trace = trace
         self.chunk_tokens = chunk_tokens
         self.objects_per_chunk = objects_per_chunk
@@ -75,7 +78,7 @@ class Recorder:
         hits = len(hit_levels) // per
         m.add("chunk_lookups", n_chunks)
         m.add("chunk_hits", hits)
-        t = self.second(time.perf_counter_ns())
+        t = self.second(self.clock())
         m.tick("chunk_lookups", t, n_chunks)
         m.tick("chunk_hits", t, hits)
         for i in range(0, hits * per, per):   # a chunk counts where its first object is
@@ -94,7 +97,7 @@ class Recorder:
 
     def handoff_read(self, written_ns: int, chunks: int) -> None:
         """The decode side read back what a prefill rank wrote at ``written_ns``."""
-        self.metrics.record(names.HANDOFF, time.perf_counter_ns() - written_ns)
+        self.metrics.record(names.HANDOFF, self.clock() - written_ns)
         self.metrics.add("handoff_chunks", chunks)
 
     def request_done(self, req: Request, intended: int, done: int, storage_ns: int,

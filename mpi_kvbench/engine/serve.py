@@ -160,14 +160,18 @@ class Engine:
         self.cache = Hierarchy(levels, obj)
         self.payload = PayloadSource(obj, s.io_depth, s.payload)
         self.pool = IOPool([*self.tiers, *sources], obj, s.io_depth, self.payload, s.verify)
+        # trace mode: no tier does I/O, so a stage is done the moment it starts, and the
+        # engine runs on a virtual clock: nothing to wait for, so it jumps to the next
+        # arrival or timer, and every time (the log's, latencies, series) is trace time
+        self._inline = all(t.instant for t in [*self.tiers, *sources])
+        self._vnow = time.perf_counter_ns()
+        self._now: Callable[[], int] = (lambda: self._vnow) if self._inline else time.perf_counter_ns
         self.recorder = Recorder([*self.names, *(t.level for t in sources)],
                                  s.geometry.chunk_tokens, s.geometry.objects_per_chunk, s.verify,
-                                 time.perf_counter_ns(), trace=trace)
+                                 self._now(), trace=trace, clock=self._now)
         self.write_level = write_level
         self.on_prefilled = on_prefilled
         self._readers = {i for i, t in enumerate(self.tiers) if t.share == "reader"}
-        # trace mode: no tier does I/O, so a stage is done the moment it starts
-        self._inline = all(t.instant for t in [*self.tiers, *sources])
         self._user_done_ns: dict[int, int] = {}
         self._seq = 0
         self._stop: Callable[[], object] = lambda: None
@@ -187,7 +191,7 @@ class Engine:
         self._timers: list[tuple[int, int, Flight]] = []     # (wake ns, tie, flight)
         self._tick = 0
         self._max_inflight = 0                   # most requests in flight this phase
-        self._inflight_since = time.perf_counter_ns()
+        self._inflight_since = self._now()
         self._trace_start: int | None = None     # where trace time 0 is (the first phase)
         self._log: list[tuple[int, Op, str]] = []   # replay: (recorded start ns, op, phase)
         self._arrived: list[Request] = []        # due but not admitted when a phase ended
@@ -203,7 +207,14 @@ class Engine:
         """Starts a fresh measurement (after set-up or warm-up) at the agreed ``start_ns``.
         The trace goes on where the warm-up left it: its clock keeps the first phase's
         start, users keep their last completion, and requests taken but not served come
-        first, so the measured phase neither idles nor skips a turn."""
+        first, so the measured phase neither idles nor skips a turn. On the virtual clock
+        (trace mode) the trace's times move with it to ``start_ns``: no gap between phases."""
+        if self._inline:
+            shift, self._vnow = start_ns - self._vnow, start_ns
+            if self._trace_start is not None:
+                self._trace_start += shift
+            self._user_done_ns = {u: t + shift for u, t in self._user_done_ns.items()}
+            self._timers = [(t + shift, n, f) for t, n, f in self._timers]
         self.recorder.start_phase(start_ns)
         if self._trace_start is None:
             self._trace_start = start_ns
@@ -224,7 +235,7 @@ class Engine:
         r.count("payload.stalls", p.stalls - stalls0)
         for name, peak in zip(self.names, self.peak_used, strict=True):
             r.count(names.tier_counter(name, "peak_used_bytes"), peak)
-        self._occupancy(time.perf_counter_ns())
+        self._occupancy(self._now())
         r.count("batch.max_inflight", self._max_inflight)
         r.settle_busy()
 
@@ -243,7 +254,7 @@ class Engine:
         head, self._head = self._head, None   # the next request of the trace, not yet due
         admitted, why, exhausted = 0, None, False
         while True:
-            now = time.perf_counter_ns()
+            now = self._now()
             if why is None and stop():
                 why = StopReason.STOPPED
                 self._abandon()
@@ -340,7 +351,7 @@ class Engine:
             wake = None
             while nxt < len(log) and len(pending) < window:
                 t, op, phase = log[nxt]
-                if recorded and start + t - t0 > time.perf_counter_ns():
+                if recorded and start + t - t0 > self._now():
                     wake = start + t - t0
                     break
                 flight = Flight(None, 0, 0, deque([Stage("io", phase, [op])]), [])
@@ -409,7 +420,10 @@ class Engine:
         rank's own tiers, decodes, and writes the new chunks. ``written_ns`` (this
         node's perf_counter clock) is when the prefill's writes were done."""
         src = len(self.tiers) + source
-        waited = time.perf_counter_ns() - written_ns
+        if self._inline:   # virtual clock: the handoff is read when it is due, at once
+            self._vnow = max(self._vnow, intended)
+            written_ns = self._vnow
+        waited = self._now() - written_ns
         self.cache.now = req.arrival_s
         keys = [k for k, _, _ in chunks]
         self._run_now(Stage("io", "handoff", [Op(READ, k, src, slot, crc=c) for k, slot, c in chunks]))
@@ -417,7 +431,7 @@ class Engine:
         plan = self.cache.place([k for k in keys if k not in self.cache], pinned=set(keys))
         stages = [*self._demotions(plan), Stage("io", "handoff", self._write_ops(plan)),
                   *self._plan_decode(req, keys), Stage("end")]
-        flight = Flight(req, intended, time.perf_counter_ns() - waited, deque(stages), keys,
+        flight = Flight(req, intended, self._now() - waited, deque(stages), keys,
                         prefill_io_ns=prefill_io_ns)
         self._launch(flight)
         self._drain()
@@ -425,7 +439,7 @@ class Engine:
     # -- planning (admission order) -------------------------------------------------------
     def _admit(self, req: Request) -> None:
         """Plans the whole request now, in admission order, and starts it."""
-        start = time.perf_counter_ns()
+        start = self._now()
         intended = self._intended_ns(req)
         self.cache.now = req.arrival_s
         keys, stages = self._plan_prefill(req)
@@ -516,7 +530,7 @@ class Engine:
             for op in stage.ops:
                 for slot, writes in self._slots_of(op):
                     self._access.setdefault(slot, []).append((op, writes))
-        self._occupancy(time.perf_counter_ns())
+        self._occupancy(self._now())
         self._flights.append(flight)
         self._max_inflight = max(self._max_inflight, len(self._flights))
         self._users.add(flight.req.user)
@@ -547,7 +561,7 @@ class Engine:
         """Starts the flight's next stages until one has to wait (I/O or a timer)."""
         while not flight.abandoned and flight.stages:
             stage = flight.stages.popleft()
-            now = time.perf_counter_ns()
+            now = self._now()
             if stage.kind == "sleep":
                 self._tick += 1
                 heapq.heappush(self._timers, (now + stage.sleep_ns, self._tick, flight))
@@ -586,7 +600,7 @@ class Engine:
     def _run_inline(self, flight: Flight, stage: Stage) -> None:
         """Trace mode: records the stage's operations as done now, in plan order, with no
         I/O (so nothing can overtake anything and no slot needs tracking)."""
-        obj, clock = self.s.geometry.object_bytes, time.perf_counter_ns
+        obj, clock = self.s.geometry.object_bytes, self._now
         results = []
         for op in stage.ops:
             t = clock()
@@ -607,6 +621,11 @@ class Engine:
         """Waits for the next completion, timer or ``wake_ns`` (at most 0.2 s, so a stop is
         seen) and handles everything that is ready; True when a request finished."""
         before = self.completed
+        if self._inline and (self._timers or wake_ns is not None):   # virtual clock: jump
+            due = [t for t in (wake_ns, self._timers[0][0] if self._timers else None) if t is not None]
+            self._vnow = max(self._vnow, min(due))
+            self._fire_timers(self._vnow)
+            return self.completed > before
         now = time.perf_counter_ns()
         until = now + 200_000_000
         if self._timers:
@@ -624,14 +643,17 @@ class Engine:
                 break
         for op, result in events:
             self._completed(op, result)
-        now = time.perf_counter_ns()
+        now = self._now()
         self._watch(now)
+        self._fire_timers(now)
+        return self.completed > before
+
+    def _fire_timers(self, now: int) -> None:
         while self._timers and self._timers[0][0] <= now:
             _, _, flight = heapq.heappop(self._timers)
             if not flight.retired:
                 flight.stage = None
                 self._advance(flight)
-        return self.completed > before
 
     def _completed(self, op: Op, result: Done | BaseException) -> None:
         if isinstance(result, BaseException):
@@ -663,7 +685,7 @@ class Engine:
             self._advance(flight)
             if self.recorder.unsettled() > SETTLE_SPANS:
                 self.recorder.settle_busy(min((f.stage_start for f in self._flights if f.stage),
-                                              default=time.perf_counter_ns()))
+                                              default=self._now()))
 
     def _unpark(self, op: Op) -> None:
         for slot, _ in self._slots_of(op):
@@ -682,7 +704,7 @@ class Engine:
         self._retire(flight)
 
     def _retire(self, flight: Flight) -> None:
-        self._occupancy(time.perf_counter_ns())
+        self._occupancy(self._now())
         flight.retired = True
         self._flights.remove(flight)
         self._users.discard(flight.req.user)
@@ -756,7 +778,11 @@ class Engine:
                       " device, or raise run.watchdog_s")
 
     def _wait_until(self, t_ns: int) -> bool:
-        """Sleeps until ``t_ns`` in short slices, so a stop request is seen; False if stopped."""
+        """Sleeps until ``t_ns`` in short slices, so a stop request is seen; False if stopped.
+        On the virtual clock it moves the clock there."""
+        if self._inline:
+            self._vnow = max(self._vnow, t_ns)
+            return True
         while (now := time.perf_counter_ns()) < t_ns:
             if self._stop():
                 return False
