@@ -145,6 +145,14 @@ class IoTraceLog:
             self._queue.put(rows)
             self._rows = []
 
+    def extend(self, rows: list[tuple]) -> None:
+        """``add`` for several rows at once."""
+        mine = self._rows
+        mine.extend(rows)
+        if len(mine) >= BATCH:
+            self._queue.put(mine)
+            self._rows = []
+
     def close(self) -> None:
         """Stops recording, writes what is left, finishes the file and the JSON beside it.
         Idempotent; raises what the writer thread failed with."""

@@ -203,6 +203,73 @@ class Recorder:
                 add((d.end - d.write_ns, 1, d.write_bytes, tiers[op.dst], op.key, stage, index, qos,
                      op.dst_slot, d.write_ns))
 
+    def stage_instant(self, ops: Sequence[Op], t: int, nbytes: int, phase: str,
+                      req: Request | None = None) -> None:
+        """Trace mode's ``stage``: every operation done at ``t`` in no time, moving
+        ``nbytes`` (what ``stage`` records for such results, at a fraction of its cost:
+        counts instead of lists of zeros, and no I/O interval, which adds no busy time)."""
+        m, tiers = self.metrics, self.tiers
+        if self.trace is not None and self.trace.recording:
+            self._trace_instant(ops, t, nbytes, phase, req)
+        n: dict[tuple[str, str], int] = {}    # operations per (tier, what), first seen first
+        loop: dict[str, int] = {}             # counters the per-op loop of ``stage`` adds, in order
+        moves: dict[str, int] = {}            # move latencies (all 0) per histogram
+        check = self.verify
+        for op in ops:
+            kind = op.kind
+            if kind == DROP:
+                k = (tiers[op.src], "delete")
+                n[k] = n.get(k, 0) + 1
+                continue
+            if kind != WRITE:
+                k = (tiers[op.src], "read")
+                n[k] = n.get(k, 0) + 1
+                if check and op.crc >= 0:
+                    loop["verify_checked"] = loop.get("verify_checked", 0) + 1
+            if kind != READ:
+                k = (tiers[op.dst], "write")
+                n[k] = n.get(k, 0) + 1
+            if kind == MOVE:
+                family = "demotion" if op.dst > op.src else "promotion"
+                name = names.move(family, tiers[op.src])
+                moves[name] = moves.get(name, 0) + 1
+                loop[f"{family}s"] = loop.get(f"{family}s", 0) + 1
+                loop[f"{family}_bytes"] = loop.get(f"{family}_bytes", 0) + nbytes
+        hist = m.hist
+        for name, count in moves.items():
+            (hist.get(name) or hist.setdefault(name, Histogram())).record_zeros(count)
+        for name, value in loop.items():
+            m.add(name, value)
+        for (tier, what), count in n.items():
+            name = names.tier_op(tier, what, phase)
+            (hist.get(name) or hist.setdefault(name, Histogram())).record_zeros(count)
+        sec = max(0, (t - self.start_ns) // 1_000_000_000)
+        for (tier, what), count in n.items():
+            for counter, value in ((f"{what}_bytes", 0 if what == "delete" else count * nbytes),
+                                   (f"{what}_ops", count)):
+                name = names.tier_counter(tier, counter)
+                m.add(name, value)
+                m.tick(name, sec, value)
+
+    def _trace_instant(self, ops: Sequence[Op], t: int, nbytes: int, phase: str,
+                       req: Request | None) -> None:
+        """``_trace`` for ``stage_instant``: the same rows, built in one pass."""
+        tiers = self.tiers
+        stage = _STAGE_CODE[phase]
+        index, qos = (-1, -1) if req is None else (req.index, _QOS_CODE[req.qos])
+        rows = []
+        add = rows.append
+        for op in ops:
+            kind = op.kind
+            if kind == WRITE:
+                add((t, 1, nbytes, tiers[op.dst], op.key, stage, index, qos, op.dst_slot, 0))
+            elif kind == READ:
+                add((t, 0, nbytes, tiers[op.src], op.key, stage, index, qos, op.src_slot, 0))
+            elif kind == MOVE:
+                add((t, 0, nbytes, tiers[op.src], op.key, stage, index, qos, op.src_slot, 0))
+                add((t, 1, nbytes, tiers[op.dst], op.key, stage, index, qos, op.dst_slot, 0))
+        self.trace.extend(rows)
+
     def unsettled(self) -> int:
         return sum(len(v) for v in self._spans.values())
 

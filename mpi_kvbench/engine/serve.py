@@ -49,7 +49,7 @@ from mpi_kvbench.engine.record import Recorder
 from mpi_kvbench.errors import ConfigError
 from mpi_kvbench.eviction.base import EvictionPolicy
 from mpi_kvbench.iotrace import IoTraceLog, Row
-from mpi_kvbench.layout import Geometry, chunk_keys
+from mpi_kvbench.layout import Chain, Geometry, extend_chain
 from mpi_kvbench.metrics import Metrics
 from mpi_kvbench.results import names
 from mpi_kvbench.tiers.base import Tier
@@ -58,6 +58,7 @@ from mpi_kvbench.workloads.qos import QOS_CLASSES
 
 MAX_ARRIVED = 4096           # due requests held for admission (what priority chooses among)
 SETTLE_SPANS = 4096          # I/O intervals kept before their busy time is added up
+CHAINS = 4096                # conversation contexts whose chunk chain is kept for the next turn
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,7 @@ class Engine:
         self._log: list[tuple[int, Op, str]] = []   # replay: (recorded start ns, op, phase)
         self._arrived: list[Request] = []        # due but not admitted when a phase ended
         self._head: Request | None = None        # taken from the trace, not yet due
+        self._chains: dict[tuple, Chain] = {}    # a request's context after it -> its chain
 
     @property
     def metrics(self) -> Metrics:
@@ -430,7 +432,7 @@ class Engine:
         self.recorder.handoff_read(written_ns, len(chunks))
         plan = self.cache.place([k for k in keys if k not in self.cache], pinned=set(keys))
         stages = [*self._demotions(plan), Stage("io", "handoff", self._write_ops(plan)),
-                  *self._plan_decode(req, keys), Stage("end")]
+                  *self._plan_decode(req, keys, self._chain(req.segments)), Stage("end")]
         flight = Flight(req, intended, self._now() - waited, deque(stages), keys,
                         prefill_io_ns=prefill_io_ns)
         self._launch(flight)
@@ -442,14 +444,24 @@ class Engine:
         start = self._now()
         intended = self._intended_ns(req)
         self.cache.now = req.arrival_s
-        keys, stages = self._plan_prefill(req)
+        keys, stages, chain = self._plan_prefill(req)
         if self.on_prefilled is None:
-            stages += [*self._plan_decode(req, keys), Stage("end")]
+            stages += [*self._plan_decode(req, keys, chain), Stage("end")]
         self._launch(Flight(req, intended, start, deque(stages), keys))
 
-    def _plan_prefill(self, req: Request) -> tuple[list[int], list[Stage]]:
+    def _chain(self, segments: tuple[tuple[int, int], ...]) -> Chain:
+        """The chunk chain of a prompt: its conversation's last context (kept by
+        ``_plan_decode``) extended by the new segment, else hashed from the start."""
+        ct = self.s.geometry.chunk_tokens
+        before = self._chains.pop(segments[:-1], None)
+        if before is None:
+            return extend_chain(Chain(), segments, ct)
+        return extend_chain(before, segments[-1:], ct)
+
+    def _plan_prefill(self, req: Request) -> tuple[list[int], list[Stage], Chain]:
         s, geo = self.s, self.s.geometry
-        chunks = chunk_keys(req.segments, geo.chunk_tokens)
+        chain = self._chain(req.segments)
+        chunks = chain.keys
         keys = geo.object_keys(chunks)
         hits = self.cache.lookup(keys)
         self.recorder.lookups(len(chunks), [e.level for _, e in hits])
@@ -467,9 +479,10 @@ class Engine:
             stages.append(Stage("sleep", sleep_ns=int(
                 (req.prompt_tokens - hit_tokens) / s.prefill_tokens_per_s * 1e9)))
         stages += [Stage("io", "prefill", self._write_ops(plan), in_prefill=True), Stage("prefilled")]
-        return keys, stages
+        return keys, stages, chain
 
-    def _plan_decode(self, req: Request, keys: list[int]) -> list[Stage]:
+    def _plan_decode(self, req: Request, keys: list[int], chain: Chain) -> list[Stage]:
+        """``chain``: the prompt's chunk chain, which the output extends."""
         s, geo = self.s, self.s.geometry
         stages = []
         if s.decode_mode == "reference":
@@ -479,7 +492,11 @@ class Engine:
         if s.time_per_output_token_ms > 0:
             stages.append(Stage("sleep", sleep_ns=int(req.output_tokens * s.time_per_output_token_ms
                                                       * 1e6)))
-        after = geo.object_keys(chunk_keys(req.context_after(), geo.chunk_tokens))
+        chain = extend_chain(chain, ((req.output_id, req.output_tokens),), geo.chunk_tokens)
+        self._chains[req.context_after()] = chain    # the next turn's prompt starts with it
+        if len(self._chains) > CHAINS:
+            del self._chains[next(iter(self._chains))]   # the oldest kept
+        after = geo.object_keys(chain.keys)
         new = [k for k in after if k not in self.cache]
         plan = self.cache.place(new, pinned={k for k in after if k in self.cache})
         return [*stages, *self._demotions(plan), Stage("io", "decode", self._write_ops(plan))]
@@ -600,15 +617,8 @@ class Engine:
     def _run_inline(self, flight: Flight, stage: Stage) -> None:
         """Trace mode: records the stage's operations as done now, in plan order, with no
         I/O (so nothing can overtake anything and no slot needs tracking)."""
-        obj, clock = self.s.geometry.object_bytes, self._now
-        results = []
-        for op in stage.ops:
-            t = clock()
-            results.append(Done(t, t, 0, 0, 0 if op.kind == WRITE else obj,
-                                0 if op.kind == READ else obj, 0, True))
-        self.recorder.stage(stage.ops, results, stage.phase, flight.req)
-        if self.recorder.unsettled() > SETTLE_SPANS:
-            self.recorder.settle_busy()
+        self.recorder.stage_instant(stage.ops, self._vnow, self.s.geometry.object_bytes,
+                                    stage.phase, flight.req)
 
     def _submit(self, op: Op, flight: Flight) -> None:
         if 0 <= op.src < len(self.tiers):   # what verify checks the read against
