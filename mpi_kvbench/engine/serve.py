@@ -183,6 +183,7 @@ class Engine:
         # requests in flight and the operations they planned
         self._flights: list[Flight] = []
         self._users: set[int] = set()                        # users with a request in flight
+        self._queued: dict[int, int] = {}                    # user -> its requests in ``arrived``
         self._events: queue.SimpleQueue = queue.SimpleQueue()  # (op, Done | exception)
         self._owner: dict[Op, tuple[Flight, int]] = {}        # submitted op -> its flight, index
         self._access: dict[_Slot, list[tuple[Op, bool]]] = {}  # slot -> planned (op, writes) in order
@@ -262,22 +263,30 @@ class Engine:
                 self._abandon()
             if why is None and deadline_ns is not None and now >= deadline_ns:
                 why = StopReason.DEADLINE
-            wake = None
+            wake, fresh = None, False
             while why is None and len(arrived) < MAX_ARRIVED:
                 if head is None and not exhausted:
                     head = next(source, None)
                     exhausted = head is None
-                if head is None or (head.think_s is not None and head.user in self._users):
+                if head is None or (head.think_s is not None and (head.user in self._users
+                                                                   or head.user in self._queued)):
                     break                            # a closed-loop turn waits for the last one
                 wake = self._intended_ns(head)
                 if wake > now or (deadline_ns is not None and wake >= deadline_ns):
                     break
                 arrived.append(head)
+                self._queued[head.user] = self._queued.get(head.user, 0) + 1
                 head, wake = None, None
             while why is None and arrived and len(self._flights) < self.s.max_batch \
                     and not (max_requests and admitted >= max_requests):
-                self._admit(arrived.pop(self._pick(arrived)))
+                req = arrived.pop(self._pick(arrived))
+                if self._queued[req.user] == 1:
+                    del self._queued[req.user]
+                else:
+                    self._queued[req.user] -= 1
+                self._admit(req)
                 admitted += 1
+                fresh = True
             if why is None and not arrived and not self._flights:
                 if (max_requests and admitted >= max_requests) or (exhausted and head is None):
                     why = StopReason.SHARE
@@ -292,6 +301,8 @@ class Engine:
                 return why
             if wake is not None and deadline_ns is not None:
                 wake = min(wake, deadline_ns)
+            if fresh and self._inline:
+                continue     # virtual clock: what they freed (a user's next turn) is due now
             if self._step(wake) and progress is not None:
                 progress(self)
 

@@ -224,14 +224,16 @@ def test_trace_mode_stamps_each_request_at_its_arrival_and_never_waits(tmp_path:
 
 def test_closed_loop_turns_follow_their_think_times(tmp_path: Path) -> None:
     """Closed loop: nothing takes time, so a user's turn is due at its previous turn's
-    time plus its own think time (the first at its arrival)."""
+    time plus its own think time (the first at its arrival), and, the trace being taken
+    in order, no earlier than the request before it."""
     cfg = make_config(tmp_path, storage=1, **NULL)
-    reqs = workload(cfg, 12, users=1, turns=4)
+    reqs = workload(cfg, 40, users=4, turns=4)
     rows, start, _, _ = run_log(tmp_path, "closed", reqs)
-    due = {reqs[0].index: reqs[0].arrival_s}
-    for before, r in zip(reqs, reqs[1:], strict=False):
-        due[r.index] = due[before.index] + r.think_s
-    assert {r.request for r in rows} == set(due)
+    at, due, last = {}, {}, 0.0
+    for r in reqs:   # trace order
+        due[r.index] = last = max(last, at[r.user] + r.think_s if r.user in at else r.arrival_s)
+        at[r.user] = last
+    assert {r.request for r in rows} == set(due) and len(set(due.values())) > 15
     for r in rows:
         assert abs(r.t_ns - (start + int(due[r.request] * 1e9))) < 2000, r
 
