@@ -159,12 +159,14 @@ class Engine:
         levels = watermark_levels(self.names, [t.slots for t in self.tiers], s.high_watermark,
                                   s.low_watermark, [policy() for _ in self.tiers])
         self.cache = Hierarchy(levels, obj)
-        self.payload = PayloadSource(obj, s.io_depth, s.payload)
-        self.pool = IOPool([*self.tiers, *sources], obj, s.io_depth, self.payload, s.verify)
         # trace mode: no tier does I/O, so a stage is done the moment it starts, and the
         # engine runs on a virtual clock: nothing to wait for, so it jumps to the next
         # arrival or timer, and every time (the log's, latencies, series) is trace time
         self._inline = all(t.instant for t in [*self.tiers, *sources])
+        # ... and no write takes a payload: the smallest ring, filled once, no generator
+        self.payload = (PayloadSource(obj, 1, "reuse", ring_bytes=0) if self._inline
+                        else PayloadSource(obj, s.io_depth, s.payload))
+        self.pool = IOPool([*self.tiers, *sources], obj, s.io_depth, self.payload, s.verify)
         self._vnow = time.perf_counter_ns()
         self._now: Callable[[], int] = (lambda: self._vnow) if self._inline else time.perf_counter_ns
         self.recorder = Recorder([*self.names, *(t.level for t in sources)],

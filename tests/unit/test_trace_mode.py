@@ -213,7 +213,8 @@ def test_trace_mode_stamps_each_request_at_its_arrival_and_never_waits(tmp_path:
     tens of seconds and the engine takes a small fraction of that."""
     cfg = make_config(tmp_path, storage=1, **NULL)
     reqs = workload(cfg, 60, users=8, rate=2.0, turns=2)
-    rows, start, wall, _ = run_log(tmp_path, "open", reqs)
+    rows, start, wall, engine = run_log(tmp_path, "open", reqs)
+    assert engine.payload.threads == 0 and engine.payload.generated_bytes <= 3 * engine.payload.object_bytes
     arrival = {r.index: r.arrival_s for r in reqs}
     assert {r.request for r in rows} == set(arrival)
     for r in rows:   # the log keeps whole microseconds
