@@ -10,7 +10,9 @@ Every name comes from ``results.names``.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
+from operator import attrgetter
 
 import numpy as np
 
@@ -24,6 +26,7 @@ from mpi_kvbench.workloads.qos import QOS_CLASSES
 
 _STAGE_CODE = {name: i for i, name in enumerate(STAGES)}
 _QOS_CODE = {name: i for i, name in enumerate(QOS_CLASSES)}
+_KIND_SRC_DST_CRC = attrgetter("kind", "src", "dst", "crc")
 
 
 def busy_ns(intervals: list[tuple[int, int]]) -> int:
@@ -215,26 +218,27 @@ class Recorder:
         loop: dict[str, int] = {}             # counters the per-op loop of ``stage`` adds, in order
         moves: dict[str, int] = {}            # move latencies (all 0) per histogram
         check = self.verify
-        for op in ops:
-            kind = op.kind
+        # one C-speed pass over the ops; distinct (kind, src, dst, crc) in first-seen
+        # order then give every dict above its keys in the order ``stage`` makes them
+        for (kind, src, dst, crc), count in Counter(map(_KIND_SRC_DST_CRC, ops)).items():
             if kind == DROP:
-                k = (tiers[op.src], "delete")
-                n[k] = n.get(k, 0) + 1
+                k = (tiers[src], "delete")
+                n[k] = n.get(k, 0) + count
                 continue
             if kind != WRITE:
-                k = (tiers[op.src], "read")
-                n[k] = n.get(k, 0) + 1
-                if check and op.crc >= 0:
-                    loop["verify_checked"] = loop.get("verify_checked", 0) + 1
+                k = (tiers[src], "read")
+                n[k] = n.get(k, 0) + count
+                if check and crc >= 0:
+                    loop["verify_checked"] = loop.get("verify_checked", 0) + count
             if kind != READ:
-                k = (tiers[op.dst], "write")
-                n[k] = n.get(k, 0) + 1
+                k = (tiers[dst], "write")
+                n[k] = n.get(k, 0) + count
             if kind == MOVE:
-                family = "demotion" if op.dst > op.src else "promotion"
-                name = names.move(family, tiers[op.src])
-                moves[name] = moves.get(name, 0) + 1
-                loop[f"{family}s"] = loop.get(f"{family}s", 0) + 1
-                loop[f"{family}_bytes"] = loop.get(f"{family}_bytes", 0) + nbytes
+                family = "demotion" if dst > src else "promotion"
+                name = names.move(family, tiers[src])
+                moves[name] = moves.get(name, 0) + count
+                loop[f"{family}s"] = loop.get(f"{family}s", 0) + count
+                loop[f"{family}_bytes"] = loop.get(f"{family}_bytes", 0) + count * nbytes
         hist = m.hist
         for name, count in moves.items():
             (hist.get(name) or hist.setdefault(name, Histogram())).record_zeros(count)
