@@ -50,27 +50,55 @@ def aligned_buffer(nbytes: int) -> mmap.mmap:
     return buf
 
 
-def chunk_keys(segments: Sequence[tuple[int, int]], chunk_tokens: int) -> list[int]:
-    """Keys (64-bit) of every full chunk of the token stream ``segments`` describes."""
-    keys: list[int] = []
-    prev = 0
-    pieces: list[tuple[int, int, int]] = []
-    room = chunk_tokens
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """How far a chunk chain got: the keys of its full chunks, the last key, and the pieces
+    (identity, offset, tokens) of the unfinished chunk, so more tokens extend it without
+    hashing the earlier ones again (a conversation's next turn extends its context)."""
+
+    keys: tuple[int, ...] = ()
+    prev: int = 0
+    pieces: tuple[tuple[int, int, int], ...] = ()
+    tokens: int = 0               # in the unfinished chunk
+
+
+_ONE_PIECE = struct.Struct("<QQQQ")   # the previous key and one piece: most chunks
+
+
+def _chain_key(prev: int, pieces: list[tuple[int, int, int]]) -> int:
+    """blake2b-64 of the previous key then each piece, little-endian 64-bit words."""
+    if len(pieces) == 1:
+        data = _ONE_PIECE.pack(prev, *pieces[0])
+    else:
+        data = struct.pack(f"<{1 + 3 * len(pieces)}Q", prev, *[v for p in pieces for v in p])
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+def extend_chain(chain: Chain, segments: Sequence[tuple[int, int]], chunk_tokens: int) -> Chain:
+    """``chain`` followed by the tokens of ``segments``: ``extend_chain(Chain(), a + b, n)``
+    equals ``extend_chain(extend_chain(Chain(), a, n), b, n)``."""
+    keys = list(chain.keys)
+    prev = chain.prev
+    pieces = list(chain.pieces)
+    room = chunk_tokens - chain.tokens
     for ident, length in segments:
+        ident &= MASK64
         pos = 0
         while pos < length:
             take = min(room, length - pos)
-            pieces.append((ident & MASK64, pos, take))
+            pieces.append((ident, pos, take))
             pos += take
             room -= take
             if room == 0:
-                h = hashlib.blake2b(struct.pack("<Q", prev), digest_size=8)
-                for piece in pieces:
-                    h.update(struct.pack("<QQQ", *piece))
-                prev = int.from_bytes(h.digest(), "little")
+                prev = _chain_key(prev, pieces)
                 keys.append(prev)
                 pieces, room = [], chunk_tokens
-    return keys
+    return Chain(tuple(keys), prev, tuple(pieces), chunk_tokens - room)
+
+
+def chunk_keys(segments: Sequence[tuple[int, int]], chunk_tokens: int) -> list[int]:
+    """Keys (64-bit) of every full chunk of the token stream ``segments`` describes."""
+    return list(extend_chain(Chain(), segments, chunk_tokens).keys)
 
 
 def layer_key(chunk_key: int, layer: int) -> int:

@@ -88,6 +88,11 @@ class Histogram:
         self.max_ns = max(self.max_ns, int(values_ns.max()))
         self.sum_ns += int(values_ns.sum())
 
+    def record_zeros(self, n: int) -> None:
+        """``n`` samples of 0 ns (trace mode's operations), as ``record(0)`` n times."""
+        self.counts[0] += n
+        self.min_ns = min(self.min_ns, 0)
+
     def __add__(self, other: Histogram) -> Histogram:
         return Histogram(self.counts + other.counts, min(self.min_ns, other.min_ns),
                          max(self.max_ns, other.max_ns), self.sum_ns + other.sum_ns)

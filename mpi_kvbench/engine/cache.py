@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from mpi_kvbench.eviction.base import EvictionPolicy
 
@@ -44,9 +45,9 @@ class Level:
         return self.slots - len(self.free)
 
 
-@dataclass(frozen=True, slots=True)
-class Move:
-    """One object leaving ``src``: to ``dst`` (a demotion or promotion) or dropped (dst None)."""
+class Move(NamedTuple):
+    """One object leaving ``src``: to ``dst`` (a demotion or promotion) or dropped (dst None).
+    (A named tuple: made per object planned, at half a frozen dataclass's cost.)"""
 
     key: Hashable
     src_level: int
@@ -55,8 +56,7 @@ class Move:
     dst_slot: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class Placement:
+class Placement(NamedTuple):
     key: Hashable
     level: int
     slot: int
@@ -139,13 +139,14 @@ class Hierarchy:
     def _alloc(self, lv: int, pinned: set[Hashable], moves: dict[int, list[Move]],
                below: int | None = None) -> tuple[int, int] | None:
         """A free slot at ``lv`` or the first tier below it with room, demoting as needed."""
-        stop = len(self.levels) if below is None else below
-        for level_no in range(lv, stop):
-            level = self.levels[level_no]
+        levels = self.levels
+        for level_no in range(lv, len(levels) if below is None else below):
+            level = levels[level_no]
             if level.slots == 0:
                 continue
-            if level.used + 1 > level.high:
-                excess = level.used + 1 - max(level.low, 1)
+            used = level.slots - len(level.free)
+            if used + 1 > level.high:
+                excess = used + 1 - max(level.low, 1)
                 for victim in level.policy.victims(excess * self.object_bytes, pinned):
                     self._demote(victim, level_no, pinned, moves)
             if level.free:
@@ -155,14 +156,16 @@ class Hierarchy:
     def _demote(self, key: Hashable, lv: int, pinned: set[Hashable],
                 moves: dict[int, list[Move]]) -> None:
         entry = self.index[key]
-        self.levels[lv].policy.on_remove(key)
+        level = self.levels[lv]
+        level.policy.on_remove(key)
         pinned.add(key)   # never move one object twice in a plan
         dst = self._alloc(lv + 1, pinned, moves)
-        self.levels[lv].free.append(entry.slot)
-        moves.setdefault(lv, []).append(Move(key, lv, entry.slot, *(dst or (None, None))))
+        level.free.append(entry.slot)
         if dst is None:
+            moves.setdefault(lv, []).append(Move(key, lv, entry.slot, None, None))
             del self.index[key]
         else:
+            moves.setdefault(lv, []).append(Move(key, lv, entry.slot, *dst))
             entry.level, entry.slot = dst
             self.levels[dst[0]].policy.on_insert(key, self.object_bytes, self.now)
 

@@ -49,7 +49,7 @@ from mpi_kvbench.engine.record import Recorder
 from mpi_kvbench.errors import ConfigError
 from mpi_kvbench.eviction.base import EvictionPolicy
 from mpi_kvbench.iotrace import IoTraceLog, Row
-from mpi_kvbench.layout import Geometry, chunk_keys
+from mpi_kvbench.layout import Chain, Geometry, extend_chain
 from mpi_kvbench.metrics import Metrics
 from mpi_kvbench.results import names
 from mpi_kvbench.tiers.base import Tier
@@ -58,6 +58,7 @@ from mpi_kvbench.workloads.qos import QOS_CLASSES
 
 MAX_ARRIVED = 4096           # due requests held for admission (what priority chooses among)
 SETTLE_SPANS = 4096          # I/O intervals kept before their busy time is added up
+CHAINS = 4096                # conversation contexts whose chunk chain is kept for the next turn
 
 
 @dataclass(frozen=True)
@@ -159,16 +160,23 @@ class Engine:
         levels = watermark_levels(self.names, [t.slots for t in self.tiers], s.high_watermark,
                                   s.low_watermark, [policy() for _ in self.tiers])
         self.cache = Hierarchy(levels, obj)
-        self.payload = PayloadSource(obj, s.io_depth, s.payload, spare_bytes=s.payload_spare_bytes)
+        # trace mode: no tier does I/O, so a stage is done the moment it starts, and the
+        # engine runs on a virtual clock: nothing to wait for, so it jumps to the next
+        # arrival or timer, and every time (the log's, latencies, series) is trace time
+        self._inline = all(t.instant for t in [*self.tiers, *sources])
+        # ... and no write takes a payload: the smallest ring, filled once, no generator
+        self.payload = (PayloadSource(obj, 1, "reuse", ring_bytes=0) if self._inline
+                        else PayloadSource(obj, s.io_depth, s.payload,
+                                              spare_bytes=s.payload_spare_bytes))
         self.pool = IOPool([*self.tiers, *sources], obj, s.io_depth, self.payload, s.verify)
+        self._vnow = time.perf_counter_ns()
+        self._now: Callable[[], int] = (lambda: self._vnow) if self._inline else time.perf_counter_ns
         self.recorder = Recorder([*self.names, *(t.level for t in sources)],
                                  s.geometry.chunk_tokens, s.geometry.objects_per_chunk, s.verify,
-                                 time.perf_counter_ns(), trace=trace)
+                                 self._now(), trace=trace, clock=self._now)
         self.write_level = write_level
         self.on_prefilled = on_prefilled
         self._readers = {i for i, t in enumerate(self.tiers) if t.share == "reader"}
-        # trace mode: no tier does I/O, so a stage is done the moment it starts
-        self._inline = all(t.instant for t in [*self.tiers, *sources])
         self._user_done_ns: dict[int, int] = {}
         self._seq = 0
         self._stop: Callable[[], object] = lambda: None
@@ -179,6 +187,7 @@ class Engine:
         # requests in flight and the operations they planned
         self._flights: list[Flight] = []
         self._users: set[int] = set()                        # users with a request in flight
+        self._queued: dict[int, int] = {}                    # user -> its requests in ``arrived``
         self._events: queue.SimpleQueue = queue.SimpleQueue()  # (op, Done | exception)
         self._owner: dict[Op, tuple[Flight, int]] = {}        # submitted op -> its flight, index
         self._access: dict[_Slot, list[tuple[Op, bool]]] = {}  # slot -> planned (op, writes) in order
@@ -188,11 +197,12 @@ class Engine:
         self._timers: list[tuple[int, int, Flight]] = []     # (wake ns, tie, flight)
         self._tick = 0
         self._max_inflight = 0                   # most requests in flight this phase
-        self._inflight_since = time.perf_counter_ns()
+        self._inflight_since = self._now()
         self._trace_start: int | None = None     # where trace time 0 is (the first phase)
         self._log: list[tuple[int, Op, str]] = []   # replay: (recorded start ns, op, phase)
         self._arrived: list[Request] = []        # due but not admitted when a phase ended
         self._head: Request | None = None        # taken from the trace, not yet due
+        self._chains: dict[tuple, Chain] = {}    # a request's context after it -> its chain
 
     @property
     def metrics(self) -> Metrics:
@@ -204,7 +214,14 @@ class Engine:
         """Starts a fresh measurement (after set-up or warm-up) at the agreed ``start_ns``.
         The trace goes on where the warm-up left it: its clock keeps the first phase's
         start, users keep their last completion, and requests taken but not served come
-        first, so the measured phase neither idles nor skips a turn."""
+        first, so the measured phase neither idles nor skips a turn. On the virtual clock
+        (trace mode) the trace's times move with it to ``start_ns``: no gap between phases."""
+        if self._inline:
+            shift, self._vnow = start_ns - self._vnow, start_ns
+            if self._trace_start is not None:
+                self._trace_start += shift
+            self._user_done_ns = {u: t + shift for u, t in self._user_done_ns.items()}
+            self._timers = [(t + shift, n, f) for t, n, f in self._timers]
         self.recorder.start_phase(start_ns)
         if self._trace_start is None:
             self._trace_start = start_ns
@@ -226,7 +243,7 @@ class Engine:
         r.count("payload.stall_ns", p.stall_ns - stall_ns0)
         for name, peak in zip(self.names, self.peak_used, strict=True):
             r.count(names.tier_counter(name, "peak_used_bytes"), peak)
-        self._occupancy(time.perf_counter_ns())
+        self._occupancy(self._now())
         r.count("batch.max_inflight", self._max_inflight)
         r.settle_busy()
 
@@ -245,28 +262,36 @@ class Engine:
         head, self._head = self._head, None   # the next request of the trace, not yet due
         admitted, why, exhausted = 0, None, False
         while True:
-            now = time.perf_counter_ns()
+            now = self._now()
             if why is None and stop():
                 why = StopReason.STOPPED
                 self._abandon()
             if why is None and deadline_ns is not None and now >= deadline_ns:
                 why = StopReason.DEADLINE
-            wake = None
+            wake, fresh = None, False
             while why is None and len(arrived) < MAX_ARRIVED:
                 if head is None and not exhausted:
                     head = next(source, None)
                     exhausted = head is None
-                if head is None or (head.think_s is not None and head.user in self._users):
+                if head is None or (head.think_s is not None and (head.user in self._users
+                                                                   or head.user in self._queued)):
                     break                            # a closed-loop turn waits for the last one
                 wake = self._intended_ns(head)
                 if wake > now or (deadline_ns is not None and wake >= deadline_ns):
                     break
                 arrived.append(head)
+                self._queued[head.user] = self._queued.get(head.user, 0) + 1
                 head, wake = None, None
             while why is None and arrived and len(self._flights) < self.s.max_batch \
                     and not (max_requests and admitted >= max_requests):
-                self._admit(arrived.pop(self._pick(arrived)))
+                req = arrived.pop(self._pick(arrived))
+                if self._queued[req.user] == 1:
+                    del self._queued[req.user]
+                else:
+                    self._queued[req.user] -= 1
+                self._admit(req)
                 admitted += 1
+                fresh = True
             if why is None and not arrived and not self._flights:
                 if (max_requests and admitted >= max_requests) or (exhausted and head is None):
                     why = StopReason.SHARE
@@ -281,6 +306,8 @@ class Engine:
                 return why
             if wake is not None and deadline_ns is not None:
                 wake = min(wake, deadline_ns)
+            if fresh and self._inline:
+                continue     # virtual clock: what they freed (a user's next turn) is due now
             if self._step(wake) and progress is not None:
                 progress(self)
 
@@ -342,7 +369,7 @@ class Engine:
             wake = None
             while nxt < len(log) and len(pending) < window:
                 t, op, phase = log[nxt]
-                if recorded and start + t - t0 > time.perf_counter_ns():
+                if recorded and start + t - t0 > self._now():
                     wake = start + t - t0
                     break
                 flight = Flight(None, 0, 0, deque([Stage("io", phase, [op])]), [])
@@ -411,15 +438,18 @@ class Engine:
         rank's own tiers, decodes, and writes the new chunks. ``written_ns`` (this
         node's perf_counter clock) is when the prefill's writes were done."""
         src = len(self.tiers) + source
-        waited = time.perf_counter_ns() - written_ns
+        if self._inline:   # virtual clock: the handoff is read when it is due, at once
+            self._vnow = max(self._vnow, intended)
+            written_ns = self._vnow
+        waited = self._now() - written_ns
         self.cache.now = req.arrival_s
         keys = [k for k, _, _ in chunks]
         self._run_now(Stage("io", "handoff", [Op(READ, k, src, slot, crc=c) for k, slot, c in chunks]))
         self.recorder.handoff_read(written_ns, len(chunks))
         plan = self.cache.place([k for k in keys if k not in self.cache], pinned=set(keys))
         stages = [*self._demotions(plan), Stage("io", "handoff", self._write_ops(plan)),
-                  *self._plan_decode(req, keys), Stage("end")]
-        flight = Flight(req, intended, time.perf_counter_ns() - waited, deque(stages), keys,
+                  *self._plan_decode(req, keys, self._chain(req.segments)), Stage("end")]
+        flight = Flight(req, intended, self._now() - waited, deque(stages), keys,
                         prefill_io_ns=prefill_io_ns)
         self._launch(flight)
         self._drain()
@@ -427,17 +457,27 @@ class Engine:
     # -- planning (admission order) -------------------------------------------------------
     def _admit(self, req: Request) -> None:
         """Plans the whole request now, in admission order, and starts it."""
-        start = time.perf_counter_ns()
+        start = self._now()
         intended = self._intended_ns(req)
         self.cache.now = req.arrival_s
-        keys, stages = self._plan_prefill(req)
+        keys, stages, chain = self._plan_prefill(req)
         if self.on_prefilled is None:
-            stages += [*self._plan_decode(req, keys), Stage("end")]
+            stages += [*self._plan_decode(req, keys, chain), Stage("end")]
         self._launch(Flight(req, intended, start, deque(stages), keys))
 
-    def _plan_prefill(self, req: Request) -> tuple[list[int], list[Stage]]:
+    def _chain(self, segments: tuple[tuple[int, int], ...]) -> Chain:
+        """The chunk chain of a prompt: its conversation's last context (kept by
+        ``_plan_decode``) extended by the new segment, else hashed from the start."""
+        ct = self.s.geometry.chunk_tokens
+        before = self._chains.pop(segments[:-1], None)
+        if before is None:
+            return extend_chain(Chain(), segments, ct)
+        return extend_chain(before, segments[-1:], ct)
+
+    def _plan_prefill(self, req: Request) -> tuple[list[int], list[Stage], Chain]:
         s, geo = self.s, self.s.geometry
-        chunks = chunk_keys(req.segments, geo.chunk_tokens)
+        chain = self._chain(req.segments)
+        chunks = chain.keys
         keys = geo.object_keys(chunks)
         hits = self.cache.lookup(keys)
         self.recorder.lookups(len(chunks), [e.level for _, e in hits])
@@ -455,9 +495,10 @@ class Engine:
             stages.append(Stage("sleep", sleep_ns=int(
                 (req.prompt_tokens - hit_tokens) / s.prefill_tokens_per_s * 1e9)))
         stages += [Stage("io", "prefill", self._write_ops(plan), in_prefill=True), Stage("prefilled")]
-        return keys, stages
+        return keys, stages, chain
 
-    def _plan_decode(self, req: Request, keys: list[int]) -> list[Stage]:
+    def _plan_decode(self, req: Request, keys: list[int], chain: Chain) -> list[Stage]:
+        """``chain``: the prompt's chunk chain, which the output extends."""
         s, geo = self.s, self.s.geometry
         stages = []
         if s.decode_mode == "reference":
@@ -467,7 +508,11 @@ class Engine:
         if s.time_per_output_token_ms > 0:
             stages.append(Stage("sleep", sleep_ns=int(req.output_tokens * s.time_per_output_token_ms
                                                       * 1e6)))
-        after = geo.object_keys(chunk_keys(req.context_after(), geo.chunk_tokens))
+        chain = extend_chain(chain, ((req.output_id, req.output_tokens),), geo.chunk_tokens)
+        self._chains[req.context_after()] = chain    # the next turn's prompt starts with it
+        if len(self._chains) > CHAINS:
+            del self._chains[next(iter(self._chains))]   # the oldest kept
+        after = geo.object_keys(chain.keys)
         new = [k for k in after if k not in self.cache]
         plan = self.cache.place(new, pinned={k for k in after if k in self.cache})
         return [*stages, *self._demotions(plan), Stage("io", "decode", self._write_ops(plan))]
@@ -518,7 +563,7 @@ class Engine:
             for op in stage.ops:
                 for slot, writes in self._slots_of(op):
                     self._access.setdefault(slot, []).append((op, writes))
-        self._occupancy(time.perf_counter_ns())
+        self._occupancy(self._now())
         self._flights.append(flight)
         self._max_inflight = max(self._max_inflight, len(self._flights))
         self._users.add(flight.req.user)
@@ -549,7 +594,7 @@ class Engine:
         """Starts the flight's next stages until one has to wait (I/O or a timer)."""
         while not flight.abandoned and flight.stages:
             stage = flight.stages.popleft()
-            now = time.perf_counter_ns()
+            now = self._now()
             if stage.kind == "sleep":
                 self._tick += 1
                 heapq.heappush(self._timers, (now + stage.sleep_ns, self._tick, flight))
@@ -588,15 +633,8 @@ class Engine:
     def _run_inline(self, flight: Flight, stage: Stage) -> None:
         """Trace mode: records the stage's operations as done now, in plan order, with no
         I/O (so nothing can overtake anything and no slot needs tracking)."""
-        obj, clock = self.s.geometry.object_bytes, time.perf_counter_ns
-        results = []
-        for op in stage.ops:
-            t = clock()
-            results.append(Done(t, t, 0, 0, 0 if op.kind == WRITE else obj,
-                                0 if op.kind == READ else obj, 0, True))
-        self.recorder.stage(stage.ops, results, stage.phase, flight.req)
-        if self.recorder.unsettled() > SETTLE_SPANS:
-            self.recorder.settle_busy()
+        self.recorder.stage_instant(stage.ops, self._vnow, self.s.geometry.object_bytes,
+                                    stage.phase, flight.req)
 
     def _submit(self, op: Op, flight: Flight) -> None:
         if 0 <= op.src < len(self.tiers):   # what verify checks the read against
@@ -609,6 +647,11 @@ class Engine:
         """Waits for the next completion, timer or ``wake_ns`` (at most 0.2 s, so a stop is
         seen) and handles everything that is ready; True when a request finished."""
         before = self.completed
+        if self._inline and (self._timers or wake_ns is not None):   # virtual clock: jump
+            due = [t for t in (wake_ns, self._timers[0][0] if self._timers else None) if t is not None]
+            self._vnow = max(self._vnow, min(due))
+            self._fire_timers(self._vnow)
+            return self.completed > before
         now = time.perf_counter_ns()
         until = now + 200_000_000
         if self._timers:
@@ -626,14 +669,17 @@ class Engine:
                 break
         for op, result in events:
             self._completed(op, result)
-        now = time.perf_counter_ns()
+        now = self._now()
         self._watch(now)
+        self._fire_timers(now)
+        return self.completed > before
+
+    def _fire_timers(self, now: int) -> None:
         while self._timers and self._timers[0][0] <= now:
             _, _, flight = heapq.heappop(self._timers)
             if not flight.retired:
                 flight.stage = None
                 self._advance(flight)
-        return self.completed > before
 
     def _completed(self, op: Op, result: Done | BaseException) -> None:
         if isinstance(result, BaseException):
@@ -665,7 +711,7 @@ class Engine:
             self._advance(flight)
             if self.recorder.unsettled() > SETTLE_SPANS:
                 self.recorder.settle_busy(min((f.stage_start for f in self._flights if f.stage),
-                                              default=time.perf_counter_ns()))
+                                              default=self._now()))
 
     def _unpark(self, op: Op) -> None:
         for slot, _ in self._slots_of(op):
@@ -684,7 +730,7 @@ class Engine:
         self._retire(flight)
 
     def _retire(self, flight: Flight) -> None:
-        self._occupancy(time.perf_counter_ns())
+        self._occupancy(self._now())
         flight.retired = True
         self._flights.remove(flight)
         self._users.discard(flight.req.user)
@@ -758,7 +804,11 @@ class Engine:
                       " device, or raise run.watchdog_s")
 
     def _wait_until(self, t_ns: int) -> bool:
-        """Sleeps until ``t_ns`` in short slices, so a stop request is seen; False if stopped."""
+        """Sleeps until ``t_ns`` in short slices, so a stop request is seen; False if stopped.
+        On the virtual clock it moves the clock there."""
+        if self._inline:
+            self._vnow = max(self._vnow, t_ns)
+            return True
         while (now := time.perf_counter_ns()) < t_ns:
             if self._stop():
                 return False
