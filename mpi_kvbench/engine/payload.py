@@ -260,8 +260,9 @@ class PayloadSource:
 
     # -- the writers' side ------------------------------------------------------------
     def take(self) -> mmap.mmap:
-        """A buffer of new bytes; counts a stall (and adds a generator) when the ring is
-        empty. Raises if generation failed, rather than waiting forever."""
+        """A buffer of new bytes. When none is ready: counts a stall, adds a generator and
+        (fresh mode, within the budget) one more buffer. Raises if generation failed,
+        rather than waiting forever."""
         try:
             buf = self._ready.get_nowait()
         except queue.Empty:
