@@ -110,9 +110,10 @@ class SyntheticWorkload(Workload):
                 users.append(None)
                 continue
             template = TEMPLATES[tnames[rng.choice(len(tnames), p=tw)]]
+            gap = self._gap(rng, template)
             users.append({"rng": rng, "t": template, "qos": classes[u], "turn": p.max_turns,
-                          "ctx": (), "session": -1, "n": 0, "i": 0})
-            heapq.heappush(heap, (self._gap(rng, template), u))
+                          "ctx": (), "session": -1, "n": 0, "i": 0, "gap": gap})
+            heapq.heappush(heap, (gap, u))
         while heap:
             nominal, u = heapq.heappop(heap)
             st = users[u]
@@ -137,15 +138,18 @@ class SyntheticWorkload(Workload):
                 st["ctx"] = (*st["ctx"], (_ident(2, st["session"], st["turn"]), max(1, follow)))
             out = int(rng.integers(*out_range, endpoint=True))
             think = float(rng.uniform(*think_range))
+            # think_s is the pause BEFORE this turn (the gap that made its nominal time), so a
+            # device that serves instantly sees every turn due at its nominal time, in trace
+            # order; the think drawn now is the pause before the next turn
             req = Request(index=(u << 32) + st["i"], user=u, session=st["session"],
-                          arrival_s=nominal, think_s=None if p.request_rate > 0 else think,
+                          arrival_s=nominal, think_s=None if p.request_rate > 0 else st["gap"],
                           qos=st["qos"], segments=st["ctx"], output_tokens=out,
                           output_id=_ident(3, st["session"], st["turn"]))
             yield req
             st["i"] += 1
             st["ctx"] = req.context_after()
             st["turn"] += 1
-            gap = self._gap(rng, st["t"]) if p.request_rate > 0 else think
+            st["gap"] = gap = self._gap(rng, st["t"]) if p.request_rate > 0 else think
             heapq.heappush(heap, (nominal + gap, u))
 
     def _gap(self, rng: np.random.Generator, template: tuple) -> float:

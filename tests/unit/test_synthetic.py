@@ -47,7 +47,7 @@ def test_later_turns_extend_the_previous_turns_context() -> None:
         if prev is not None:
             assert r.segments[:-1] == prev.context_after()
             assert 5 <= r.segments[-1][1] <= 9
-            assert r.arrival_s == pytest.approx(prev.arrival_s + prev.think_s)
+            assert r.arrival_s == pytest.approx(prev.arrival_s + r.think_s)   # its own pause
         last[r.session] = r
     assert any(len(r.segments) > 2 for r in reqs)
 
@@ -76,3 +76,33 @@ def test_open_loop_has_no_think_time_and_the_seed_fixes_the_trace() -> None:
     assert all(r.think_s is None for r in reqs)
     assert take(make(request_rate=50.0), 300) == reqs
     assert take(make(seed=4, request_rate=50.0), 300) != reqs
+
+
+def test_a_turns_think_time_is_the_pause_before_it() -> None:
+    """``think_s`` is what the engine waits after the user's previous turn completed, so it
+    must be the gap that made this turn's nominal time; then a device that serves at once
+    sees every turn due at its nominal time, in trace order (the think drawn for a turn is
+    the pause before the next one: giving it to the turn itself put the trace out of order
+    and queued requests behind other users' think times)."""
+    reqs = take(make(users=4, max_turns=5), 120)
+    last: dict[int, float] = {}
+    for r in reqs:
+        if r.user in last:
+            assert r.think_s == pytest.approx(r.arrival_s - last[r.user], abs=1e-9)
+        last[r.user] = r.arrival_s
+    assert len(last) == 4 and len(reqs) > 4 * 5
+
+
+def test_an_instant_device_queues_no_request(tmp_path) -> None:
+    """Trace mode (every tier instant, a virtual clock) serves closed-loop users as they
+    come: no request waits for a batch slot, so every latency is 0 (the default run's
+    workload; its queue p50 was 260 ms of other users' think time before the fix)."""
+    import json
+
+    from mpi_kvbench.cli import main
+
+    assert main(["--trace-only", "--duration", "0", "--max-requests", "400", "--model", "tiny-1b",
+                 "--results-dir", str(tmp_path), "--run-name", "t", "--quiet"]) == 0
+    s = json.loads((tmp_path / "t" / "summary.json").read_text())
+    assert s["requests_completed"] == 400
+    assert all(v == 0 for k in ("request_queue", "request_e2e") for v in s["latency_ms"][k].values())
