@@ -796,7 +796,7 @@ class Engine:
             return
         op, since = oldest
         self.stalled = True
-        what = {READ: "read", WRITE: "write", MOVE: "move"}[op.kind]
+        what = {READ: "read", WRITE: "write", MOVE: "move", DROP: "delete"}[op.kind]
         where = self.pool.tiers[op.dst if op.kind == WRITE else op.src].level
         slot = op.dst_slot if op.kind == WRITE else op.src_slot
         raise Stalled(f"watchdog: a {where} {what} (slot {slot}) has been in flight for"
