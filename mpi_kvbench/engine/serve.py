@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+import itertools
 import queue
 import resource
 import time
@@ -709,9 +710,11 @@ class Engine:
             self.recorder.stage(ops, results, stage.phase, flight.req)
             flight.stage = None
             self._advance(flight)
-            if self.recorder.unsettled() > SETTLE_SPANS:
-                self.recorder.settle_busy(min((f.stage_start for f in self._flights if f.stage),
-                                              default=self._now()))
+            if self.recorder.unsettled() > SETTLE_SPANS:   # what is yet to come starts after
+                # the earliest stage with an operation running or parked, of any flight (a log
+                # replay's and a set-up stage's too, which are not requests in ``_flights``)
+                busy = itertools.chain(self._owner.values(), self._waiting.values())
+                self.recorder.settle_busy(min((f.stage_start for f in busy), default=self._now()))
 
     def _unpark(self, op: Op) -> None:
         for slot, _ in self._slots_of(op):
