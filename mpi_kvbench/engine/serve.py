@@ -190,10 +190,10 @@ class Engine:
         self._users: set[int] = set()                        # users with a request in flight
         self._queued: dict[int, int] = {}                    # user -> its requests in ``arrived``
         self._events: queue.SimpleQueue = queue.SimpleQueue()  # (op, Done | exception)
-        self._owner: dict[Op, tuple[Flight, int]] = {}        # submitted op -> its flight, index
+        self._owner: dict[Op, Flight] = {}                   # submitted op -> its flight
         self._access: dict[_Slot, list[tuple[Op, bool]]] = {}  # slot -> planned (op, writes) in order
         self._parked: dict[_Slot, list[Op]] = {}             # slot -> ops waiting on it
-        self._waiting: dict[Op, tuple[Flight, int]] = {}     # parked op -> its flight, index
+        self._waiting: dict[Op, Flight] = {}                 # parked op -> its flight
         self._crc: dict[_Slot, int] = {}                     # checksum of what a slot holds
         self._timers: list[tuple[int, int, Flight]] = []     # (wake ns, tie, flight)
         self._tick = 0
