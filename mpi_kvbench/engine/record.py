@@ -29,15 +29,21 @@ _QOS_CODE = {name: i for i, name in enumerate(QOS_CLASSES)}
 _KIND_SRC_DST_CRC = attrgetter("kind", "src", "dst", "crc")
 
 
+def merged(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The intervals' union as disjoint intervals, in order (touching ones joined)."""
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(intervals):
+        if out and a <= out[-1][1]:
+            if b > out[-1][1]:
+                out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out
+
+
 def busy_ns(intervals: list[tuple[int, int]]) -> int:
     """How long at least one of the intervals was open: the time a tier had I/O in flight."""
-    total, end = 0, None
-    for a, b in sorted(intervals):
-        if end is None or a > end:
-            total, end = total + (b - a), b
-        elif b > end:
-            total, end = total + (b - end), b
-    return total
+    return sum(b - a for a, b in merged(intervals))
 
 
 class Recorder:
@@ -285,16 +291,11 @@ class Recorder:
         for tier, spans in self._spans.items():
             if not spans:
                 continue
-            merged: list[tuple[int, int]] = []
-            for a, b in sorted(spans):
-                if merged and a <= merged[-1][1]:
-                    merged[-1] = (merged[-1][0], max(merged[-1][1], b))
-                else:
-                    merged.append((a, b))
-            done = [iv for iv in merged if before_ns is None or iv[1] < before_ns]
-            self._spans[tier] = [iv for iv in merged if before_ns is not None and iv[1] >= before_ns]
-            if done:
-                self.metrics.add(names.tier_counter(tier, "busy_ns"), busy_ns(done))
+            union = merged(spans)
+            done = [iv for iv in union if before_ns is None or iv[1] < before_ns]
+            self._spans[tier] = [iv for iv in union if before_ns is not None and iv[1] >= before_ns]
+            if done:   # disjoint already
+                self.metrics.add(names.tier_counter(tier, "busy_ns"), sum(b - a for a, b in done))
 
     def bytes_moved(self) -> int:
         """Bytes read and written by every tier so far in this phase (the progress line)."""
