@@ -126,7 +126,7 @@ class Recorder:
         self.log.index.append(req.index)
         self.log.e2e_ns.append(done - intended)
         self.log.prefill_ns.append(storage_ns)
-        self.log.qos.append(QOS_CLASSES.index(req.qos))
+        self.log.qos.append(_QOS_CODE[req.qos])
 
     # -- operations -------------------------------------------------------------------
     def dropped(self, level: int) -> None:
