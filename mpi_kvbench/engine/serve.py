@@ -246,6 +246,8 @@ class Engine:
             r.count(names.tier_counter(name, "peak_used_bytes"), peak)
         self._occupancy(self._now())
         r.count("batch.max_inflight", self._max_inflight)
+        if self._inline:   # the in-flight integral is in trace time: so is its window
+            r.count("batch.clock_ns", self._vnow - r.start_ns)
         r.settle_busy()
 
     def replay(self, requests: Iterator[Request], deadline_ns: int | None = None,

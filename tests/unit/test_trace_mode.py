@@ -290,3 +290,20 @@ def test_a_phase_after_warm_up_goes_on_with_the_trace(tmp_path: Path) -> None:
     assert rows and min(arrival[r.request] for r in rows) >= 5
     for r in rows:
         assert abs(r.t_ns - (start + shift + int((arrival[r.request] - 5) * 1e9))) < 2000, r
+
+
+def test_trace_mode_counts_occupancy_on_its_own_clock(tmp_path: Path) -> None:
+    """Requests overlap in trace time (simulated decode): the in-flight integral is the sum
+    of their times from admission to end, and the phase's length is on the same clock,
+    so occupancy is a count of requests, whatever the wall time was."""
+    cfg = make_config(tmp_path, storage=1, **NULL)
+    reqs = workload(cfg, 30, users=8, rate=4.0, turns=2)
+    _, _, _, engine = run_log(tmp_path, "occ", reqs, engine={"time_per_output_token_ms": 20,
+                                                             "max_batch": 64})
+    c = engine.metrics.counters
+    _, e2e, _, _ = engine.recorder.log.arrays()
+    hist = engine.metrics.hist["request.queue"]
+    assert hist.count == len(reqs) and hist.max_ns == 0    # admitted at arrival: e2e is in flight
+    assert c["batch.inflight_ns"] == int(e2e.sum())
+    assert c["batch.clock_ns"] == engine._vnow - engine.recorder.start_ns > 10**9
+    assert 1 < c["batch.inflight_ns"] / c["batch.clock_ns"] <= c["batch.max_inflight"]
