@@ -439,11 +439,10 @@ class Engine:
         """Decode side of disaggregated serving: reads the ``chunks`` (key, slot, checksum)
         a prefill rank wrote from ``sources[source]`` (its file), loads them into this
         rank's own tiers, decodes, and writes the new chunks. ``written_ns`` (this
-        node's perf_counter clock) is when the prefill's writes were done."""
+        node's perf_counter clock) is when the prefill's writes were done. Never on the
+        virtual clock: a null tier cannot be another rank's source, so set-up refuses
+        trace mode with prefill groups."""
         src = len(self.tiers) + source
-        if self._inline:   # virtual clock: the handoff is read when it is due, at once
-            self._vnow = max(self._vnow, intended)
-            written_ns = self._vnow
         waited = self._now() - written_ns
         self.cache.now = req.arrival_s
         keys = [k for k, _, _ in chunks]
