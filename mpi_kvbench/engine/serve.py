@@ -132,7 +132,8 @@ class Flight:
     keys: list[int]                  # the prompt's object keys
     stage: Stage | None = None
     stage_start: int = 0
-    results: list[tuple[Op, Done]] = field(default_factory=list)   # of the stage's ops, as done
+    done: list[Op] = field(default_factory=list)      # the stage's ops done, in completion order
+    results: list[Done] = field(default_factory=list)  # ... and what each did
     outstanding: int = 0             # the stage's ops submitted and not yet done
     parked: int = 0                  # the stage's ops waiting for earlier-planned ones
     prefill_io_ns: int = 0
@@ -619,7 +620,7 @@ class Engine:
             if self._inline:
                 self._run_inline(flight, stage)
                 continue
-            flight.stage, flight.stage_start, flight.results = stage, now, []
+            flight.stage, flight.stage_start, flight.done, flight.results = stage, now, [], []
             for op in stage.ops:
                 if self._runnable(op):
                     self._submit(op, flight)
@@ -687,14 +688,15 @@ class Engine:
         if isinstance(result, BaseException):
             raise result
         flight = self._owner.pop(op)
-        for slot, writes in self._slots_of(op):
+        slots = self._slots_of(op)
+        for slot, writes in slots:
             accesses = self._access[slot]
             accesses.remove((op, writes))
             if not accesses:
                 del self._access[slot]
             if writes:
                 self._crc[slot] = result.crc
-        for slot, _ in self._slots_of(op):
+        for slot, _ in slots:
             for other in list(self._parked.get(slot, ())):
                 if other in self._waiting and self._runnable(other):
                     self._unpark(other)
@@ -702,13 +704,13 @@ class Engine:
                     waiting.parked -= 1
                     self._submit(other, waiting)
         flight.outstanding -= 1
-        flight.results.append((op, result))
+        flight.done.append(op)
+        flight.results.append(result)
         if flight.outstanding == 0 and flight.parked == 0:
             stage = flight.stage
-            ops, results = [o for o, _ in flight.results], [d for _, d in flight.results]
             if stage.in_prefill:
-                flight.prefill_io_ns += max(d.end for d in results) - flight.stage_start
-            self.recorder.stage(ops, results, stage.phase, flight.req)
+                flight.prefill_io_ns += max(d.end for d in flight.results) - flight.stage_start
+            self.recorder.stage(flight.done, flight.results, stage.phase, flight.req)
             flight.stage = None
             self._advance(flight)
             if self.recorder.unsettled() > SETTLE_SPANS:   # what is yet to come starts after
