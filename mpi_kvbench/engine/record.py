@@ -18,7 +18,7 @@ import numpy as np
 
 from mpi_kvbench.engine.iopool import DROP, MOVE, READ, WRITE, Done, Op
 from mpi_kvbench.iotrace import STAGES, IoTraceLog
-from mpi_kvbench.metrics import Histogram, Metrics
+from mpi_kvbench.metrics import Metrics
 from mpi_kvbench.results import names
 from mpi_kvbench.results.collected import RequestLog
 from mpi_kvbench.workloads.base import Request
@@ -183,10 +183,7 @@ class Recorder:
         for (tier, what), values in lat.items():
             name = names.tier_op(tier, what, phase)
             if len(values) >= 32:
-                h = m.hist.get(name)
-                if h is None:
-                    h = m.hist[name] = Histogram()
-                h.record_many(np.array(values, dtype=np.int64))
+                m.histogram(name).record_many(np.array(values, dtype=np.int64))
             else:
                 for value in values:
                     m.record(name, value)
@@ -245,14 +242,12 @@ class Recorder:
                 moves[name] = moves.get(name, 0) + count
                 loop[f"{family}s"] = loop.get(f"{family}s", 0) + count
                 loop[f"{family}_bytes"] = loop.get(f"{family}_bytes", 0) + count * nbytes
-        hist = m.hist
         for name, count in moves.items():
-            (hist.get(name) or hist.setdefault(name, Histogram())).record_zeros(count)
+            m.histogram(name).record_zeros(count)
         for name, value in loop.items():
             m.add(name, value)
         for (tier, what), count in n.items():
-            name = names.tier_op(tier, what, phase)
-            (hist.get(name) or hist.setdefault(name, Histogram())).record_zeros(count)
+            m.histogram(names.tier_op(tier, what, phase)).record_zeros(count)
         sec = max(0, (t - self.start_ns) // 1_000_000_000)
         for (tier, what), count in n.items():
             for counter, value in ((f"{what}_bytes", 0 if what == "delete" else count * nbytes),
