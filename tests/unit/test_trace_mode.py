@@ -307,3 +307,37 @@ def test_trace_mode_counts_occupancy_on_its_own_clock(tmp_path: Path) -> None:
     assert c["batch.inflight_ns"] == int(e2e.sum())
     assert c["batch.clock_ns"] == engine._vnow - engine.recorder.start_ns > 10**9
     assert 1 < c["batch.inflight_ns"] / c["batch.clock_ns"] <= c["batch.max_inflight"]
+
+
+@pytest.mark.parametrize("scheduling", ["fifo", "priority"])
+def test_trace_mode_admits_and_finishes_as_a_one_server_queue_would(tmp_path: Path,
+                                                                   scheduling: str) -> None:
+    """One request at a time, each taking its simulated decode time on the virtual clock:
+    every request ends exactly when a hand-run single-server queue says, with ``priority``
+    picking the most urgent class that has arrived (earliest in the trace among equals)."""
+    rng = random.Random(5)
+    qos = ("interactive", "responsive", "batch")
+    reqs = [Request(index=i, user=i, session=i, arrival_s=rng.randrange(40) / 4, think_s=None,
+                    qos=rng.choice(qos), segments=((1000 + i, 2 * CT),),
+                    output_tokens=rng.randrange(1, 400), output_id=10**9 + i) for i in range(60)]
+    reqs.sort(key=lambda r: r.arrival_s)
+    engine, _, tiers, _ = trace_engine(tmp_path, scheduling, engine={
+        "max_batch": 1, "scheduling": scheduling, "time_per_output_token_ms": 1})
+    try:
+        engine.start_phase(time.perf_counter_ns())
+        engine.replay(iter(reqs), None)
+        index, e2e, _, _ = engine.recorder.log.arrays()
+    finally:
+        engine.close()
+        for t in tiers:
+            t.close()
+    want, t, waiting = {}, 0, list(reqs)          # ns from the phase start
+    while waiting:
+        t = max(t, min(int(r.arrival_s * 1e9) for r in waiting))
+        due = [r for r in waiting if int(r.arrival_s * 1e9) <= t]
+        pick = due[0] if scheduling == "fifo" else min(due, key=lambda r: qos.index(r.qos))
+        waiting.remove(pick)
+        t += pick.output_tokens * 1_000_000
+        want[pick.index] = t - int(pick.arrival_s * 1e9)
+    assert dict(zip(index.tolist(), e2e.tolist(), strict=True)) == want
+    assert max(want.values()) > 10**9                               # requests did queue
