@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from engine_rig import CT, make_config
+from engine_rig import CT, close_all, make_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -202,9 +202,7 @@ def run_log(tmp_path: Path, name: str, requests: list[Request], null: bool = Tru
         shift = trace._wall0 - trace._perf0
         trace.close()
     finally:
-        engine.close()
-        for t in tiers:
-            t.close()
+        close_all(engine, tiers)
     return list(read_rows(str(tmp_path / f"{name}.csv"))), start + shift, wall, engine
 
 
@@ -282,9 +280,7 @@ def test_a_phase_after_warm_up_goes_on_with_the_trace(tmp_path: Path) -> None:
         shift = trace._wall0 - trace._perf0
         trace.close()
     finally:
-        engine.close()
-        for t in tiers:
-            t.close()
+        close_all(engine, tiers)
     rows = list(read_rows(str(tmp_path / "warm.csv")))
     arrival = {r.index: r.arrival_s for r in reqs}
     assert rows and min(arrival[r.request] for r in rows) >= 5
@@ -328,9 +324,7 @@ def test_trace_mode_admits_and_finishes_as_a_one_server_queue_would(tmp_path: Pa
         engine.replay(iter(reqs), None)
         index, e2e, _, _ = engine.recorder.log.arrays()
     finally:
-        engine.close()
-        for t in tiers:
-            t.close()
+        close_all(engine, tiers)
     want, t, waiting = {}, 0, list(reqs)          # ns from the phase start
     while waiting:
         t = max(t, min(int(r.arrival_s * 1e9) for r in waiting))
