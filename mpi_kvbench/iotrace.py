@@ -94,7 +94,6 @@ class IoTraceLog:
         self.rank, self.group, self.object_bytes = rank, group, object_bytes
         self.meta = dict(meta)
         self.recording = False
-        self.rows = 0
         self._rows: list[tuple] = []
         self._counts: dict[str, list[int]] = {}       # "level.op.stage" -> [rows, bytes]
         self._max_slot: dict[str, int] = {}
@@ -180,7 +179,8 @@ class IoTraceLog:
 
     def _write_meta(self) -> None:
         meta = {**self.meta, "format": FORMAT, "columns": list(COLUMNS), "rank": self.rank,
-                "tp_group": self.group, "object_bytes": self.object_bytes, "rows": self.rows,
+                "tp_group": self.group, "object_bytes": self.object_bytes,
+                "rows": sum(rows for rows, _ in self._counts.values()),
                 "wall_start_ns": self._wall0,
                 "counts": {k: {"rows": v[0], "bytes": v[1]} for k, v in sorted(self._counts.items())},
                 "max_slot": self._max_slot}
@@ -229,7 +229,6 @@ class IoTraceLog:
             c = counts.setdefault(f"{level}.{OPERATIONS[op].lower()}.{STAGES[stage]}", [0, 0])
             c[0] += n
             c[1] += n * size
-        self.rows += len(rows)
 
 
 def open_text(path: str):
