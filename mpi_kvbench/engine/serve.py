@@ -487,7 +487,8 @@ class Engine:
         promote = [k for k, e in hits if e.level > 0] if s.promotion == "hbm" else []
         promoted = set(promote)
         reads = [Op(READ, k, e.level, e.slot) for k, e in hits if k not in promoted]
-        new = [k for k in keys[len(hits):] if k not in self.cache]
+        index = self.cache.index
+        new = [k for k in keys[len(hits):] if k not in index]
         plan = self.cache.place(new, pinned={k for k, _ in hits}, promote=promote,
                                 level=self.write_level)
         stages = self._demotions(plan, in_prefill=True)
@@ -515,9 +516,9 @@ class Engine:
         self._chains[req.context_after()] = chain    # the next turn's prompt starts with it
         if len(self._chains) > CHAINS:
             del self._chains[next(iter(self._chains))]   # the oldest kept
-        after = geo.object_keys(chain.keys)
-        new = [k for k in after if k not in self.cache]
-        plan = self.cache.place(new, pinned={k for k in after if k in self.cache})
+        after, index = geo.object_keys(chain.keys), self.cache.index
+        cached = {k for k in after if k in index}
+        plan = self.cache.place([k for k in after if k not in cached], pinned=cached)
         return [*stages, *self._demotions(plan), Stage("io", "decode", self._write_ops(plan))]
 
     def _demotions(self, plan: Plan, in_prefill: bool = False) -> list[Stage]:
