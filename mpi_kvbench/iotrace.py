@@ -131,15 +131,16 @@ class IoTraceLog:
 
     def start(self) -> None:
         """Records from now on (the measured phase); the clock offset turns the engine's
-        ``perf_counter_ns`` readings into Unix time."""
+        ``perf_counter_ns`` readings into Unix time (in trace mode the engine's virtual
+        clock, which starts the phase at the same reading: rows then carry workload time)."""
         self._wall0, self._perf0 = time.time_ns(), time.perf_counter_ns()
         self._thread = threading.Thread(target=self._write_loop, name="io-trace", daemon=True)
         self._thread.start()
         self.recording = True
 
     def add(self, row: tuple) -> None:
-        """One operation: (start perf ns, op code, bytes, level, key, stage code, request
-        index, QoS code, slot, latency ns). Called on the engine's thread only."""
+        """One operation: (start ns on the engine's clock, op code, bytes, level, key, stage
+        code, request index, QoS code, slot, latency ns). Called on the engine's thread only."""
         rows = self._rows
         rows.append(row)
         if len(rows) >= BATCH:

@@ -649,7 +649,8 @@ class Engine:
 
     def _step(self, wake_ns: int | None) -> bool:
         """Waits for the next completion, timer or ``wake_ns`` (at most 0.2 s, so a stop is
-        seen) and handles everything that is ready; True when a request finished."""
+        seen) and handles everything that is ready; True when a request finished. On the
+        virtual clock nothing is in flight: it jumps to the next timer or ``wake_ns``."""
         before = self.completed
         if self._inline and (self._timers or wake_ns is not None):   # virtual clock: jump
             due = [t for t in (wake_ns, self._timers[0][0] if self._timers else None) if t is not None]
