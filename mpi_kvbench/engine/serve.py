@@ -745,7 +745,10 @@ class Engine:
 
     def _abandon(self) -> None:
         """A stop: no flight starts another stage, and the operations they have not
-        submitted are forgotten (so nothing waits on them); those already running finish."""
+        submitted are forgotten (so nothing waits on them); those already running finish.
+        The cache still lists what the forgotten writes and moves would have put in place,
+        so the engine must serve nothing after a stop (a run's stop is final: it ends the
+        phase, and ``stop_requested`` stays set, so a later phase stops at once)."""
         for flight in list(self._flights):
             flight.abandoned = True
             unstarted = [op for st in flight.stages for op in st.ops]

@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+import pytest
 from engine_rig import CT, MICRO, TINY_OBJ, Rig, make_config, request
 
 from mpi_kvbench.engine import StopReason
@@ -231,3 +232,27 @@ def test_busy_time_of_a_log_replay_is_the_union_of_its_intervals(tmp_path: Path,
     engine.end_phase()
     assert len(spans) > 4096                     # settled in pieces, not once at the end
     assert r.c["storage.busy_ns"] == busy_ns(spans)
+
+
+@pytest.mark.parametrize("kind", ["file", "null"])
+def test_a_stop_abandons_the_batch_and_leaves_nothing_waiting(tmp_path: Path, rig, kind: str) -> None:
+    """A stop mid-batch (timed I/O, or trace mode's virtual clock): the requests in flight
+    are abandoned, none is recorded as done, and once the operations already running end
+    no slot keeps a forgotten operation (the replay returns; nothing is left waiting)."""
+    null = {"tiers": {lv: {"kind": "null"} for lv in ("hbm", "dram", "storage")}} if kind == "null" else {}
+    cfg = make_config(tmp_path, hbm=6, dram=12, storage=300, obj=4096,
+                      **{**MICRO, **null, "workload": {**SYNTH, "users": 12},
+                         "engine": {"max_batch": 6, "time_per_output_token_ms": 0.05}})
+    r = rig(cfg, f"stop-{kind}")
+    engine = r.engine
+    assert engine._inline == (kind == "null")
+    abandoned = []
+    abandon = engine._abandon
+    engine._abandon = lambda: (abandoned.append(len(engine._flights)), abandon())
+    source = WORKLOADS.load(cfg.workload_kind)(cfg.workload, 3).requests()
+    assert engine.replay(source, None, stop=lambda: engine.completed >= 5) is StopReason.STOPPED
+    assert len(abandoned) == 1 and abandoned[0] > 1                # a batch was in flight
+    done = engine.completed
+    assert done >= 5 and r.c["requests_completed"] == done         # the abandoned are not counted
+    assert not engine._flights and not engine._users and engine._owner == {}
+    assert engine._access == {} and engine._waiting == {} and engine._parked == {}
