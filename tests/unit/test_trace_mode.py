@@ -188,9 +188,21 @@ def workload(cfg, n: int, users: int = 6, rate: float = 0.0, turns: int = 3) -> 
     return list(islice(WORKLOADS.load("synthetic")(params, 11).requests(), n))
 
 
+class NeverWait:
+    """Stands in for the engine's completion queue in trace mode: waiting on it fails."""
+
+    def get(self, timeout: float | None = None) -> None:
+        raise AssertionError(f"trace mode waited {timeout} s for a completion")
+
+    def get_nowait(self) -> None:
+        raise AssertionError("trace mode looked for a completion")
+
+
 def run_log(tmp_path: Path, name: str, requests: list[Request], null: bool = True,
             max_requests: int = 0, **extra):
     engine, trace, tiers, _ = trace_engine(tmp_path, name, null, **extra)
+    if null:
+        engine._events = NeverWait()
     try:
         trace.start()
         start = time.perf_counter_ns()
@@ -208,17 +220,17 @@ def run_log(tmp_path: Path, name: str, requests: list[Request], null: bool = Tru
 
 def test_trace_mode_stamps_each_request_at_its_arrival_and_never_waits(tmp_path: Path) -> None:
     """Open loop: a request's rows carry phase start + its arrival offset; the trace spans
-    tens of seconds and the engine takes a small fraction of that."""
+    tens of seconds and the engine never waits for anything (``NeverWait``)."""
     cfg = make_config(tmp_path, storage=1, **NULL)
     reqs = workload(cfg, 60, users=8, rate=2.0, turns=2)
-    rows, start, wall, engine = run_log(tmp_path, "open", reqs)
+    rows, start, _, engine = run_log(tmp_path, "open", reqs)
     assert engine.payload.threads == 0 and engine.payload.generated_bytes <= 3 * engine.payload.object_bytes
     arrival = {r.index: r.arrival_s for r in reqs}
     assert {r.request for r in rows} == set(arrival)
     for r in rows:   # the log keeps whole microseconds
         assert abs(r.t_ns - (start + int(arrival[r.request] * 1e9))) < 2000, r
     span = (max(r.t_ns for r in rows) - min(r.t_ns for r in rows)) / 1e9
-    assert span > 15 and wall < span / 4
+    assert span > 15
 
 
 def test_closed_loop_turns_follow_their_think_times(tmp_path: Path) -> None:
