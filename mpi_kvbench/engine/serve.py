@@ -8,7 +8,8 @@ shares the rank's ``io_depth`` threads. What makes the figures trustworthy:
   whole request, in admission order. With ``fifo`` scheduling requests are admitted in
   trace order, so the same seed, config and world size give the same operations on
   every run, whatever the device's timing. (``priority`` admits the most urgent request
-  that has arrived, so its order, like a real server's, depends on timing.)
+  that has arrived, so its order, like a real server's, depends on timing; in trace mode
+  that timing is the virtual clock's, so it too is the same on every run.)
 * Operations run in plan order per slot: an operation that writes a slot waits until
   every earlier-planned operation on that slot is done, and one that reads it waits for
   the earlier-planned write. So no demotion, eviction or slot reuse planned for a later
