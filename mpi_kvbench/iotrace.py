@@ -94,7 +94,6 @@ class IoTraceLog:
         self.rank, self.group, self.object_bytes = rank, group, object_bytes
         self.meta = dict(meta)
         self.recording = False
-        self.rows = 0
         self._rows: list[tuple] = []
         self._counts: dict[str, list[int]] = {}       # "level.op.stage" -> [rows, bytes]
         self._max_slot: dict[str, int] = {}
@@ -132,15 +131,16 @@ class IoTraceLog:
 
     def start(self) -> None:
         """Records from now on (the measured phase); the clock offset turns the engine's
-        ``perf_counter_ns`` readings into Unix time."""
+        ``perf_counter_ns`` readings into Unix time (in trace mode the engine's virtual
+        clock, which starts the phase at the same reading: rows then carry workload time)."""
         self._wall0, self._perf0 = time.time_ns(), time.perf_counter_ns()
         self._thread = threading.Thread(target=self._write_loop, name="io-trace", daemon=True)
         self._thread.start()
         self.recording = True
 
     def add(self, row: tuple) -> None:
-        """One operation: (start perf ns, op code, bytes, level, key, stage code, request
-        index, QoS code, slot, latency ns). Called on the engine's thread only."""
+        """One operation: (start ns on the engine's clock, op code, bytes, level, key, stage
+        code, request index, QoS code, slot, latency ns). Called on the engine's thread only."""
         rows = self._rows
         rows.append(row)
         if len(rows) >= BATCH:
@@ -180,7 +180,8 @@ class IoTraceLog:
 
     def _write_meta(self) -> None:
         meta = {**self.meta, "format": FORMAT, "columns": list(COLUMNS), "rank": self.rank,
-                "tp_group": self.group, "object_bytes": self.object_bytes, "rows": self.rows,
+                "tp_group": self.group, "object_bytes": self.object_bytes,
+                "rows": sum(rows for rows, _ in self._counts.values()),
                 "wall_start_ns": self._wall0,
                 "counts": {k: {"rows": v[0], "bytes": v[1]} for k, v in sorted(self._counts.items())},
                 "max_slot": self._max_slot}
@@ -229,7 +230,6 @@ class IoTraceLog:
             c = counts.setdefault(f"{level}.{OPERATIONS[op].lower()}.{STAGES[stage]}", [0, 0])
             c[0] += n
             c[1] += n * size
-        self.rows += len(rows)
 
 
 def open_text(path: str):

@@ -123,11 +123,15 @@ class Metrics:
     counters: dict[str, int] = field(default_factory=dict)
     series: dict[str, np.ndarray] = field(default_factory=dict)
 
-    def record(self, name: str, value_ns: int) -> None:
+    def histogram(self, name: str) -> Histogram:
+        """The histogram ``name``, made empty the first time it is asked for."""
         h = self.hist.get(name)
         if h is None:
             h = self.hist[name] = Histogram()
-        h.record(value_ns)
+        return h
+
+    def record(self, name: str, value_ns: int) -> None:
+        self.histogram(name).record(value_ns)
 
     def add(self, name: str, value: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + value

@@ -18,7 +18,7 @@ import numpy as np
 
 from mpi_kvbench.engine.iopool import DROP, MOVE, READ, WRITE, Done, Op
 from mpi_kvbench.iotrace import STAGES, IoTraceLog
-from mpi_kvbench.metrics import Histogram, Metrics
+from mpi_kvbench.metrics import Metrics
 from mpi_kvbench.results import names
 from mpi_kvbench.results.collected import RequestLog
 from mpi_kvbench.workloads.base import Request
@@ -29,15 +29,21 @@ _QOS_CODE = {name: i for i, name in enumerate(QOS_CLASSES)}
 _KIND_SRC_DST_CRC = attrgetter("kind", "src", "dst", "crc")
 
 
+def merged(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The intervals' union as disjoint intervals, in order (touching ones joined)."""
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(intervals):
+        if out and a <= out[-1][1]:
+            if b > out[-1][1]:
+                out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out
+
+
 def busy_ns(intervals: list[tuple[int, int]]) -> int:
     """How long at least one of the intervals was open: the time a tier had I/O in flight."""
-    total, end = 0, None
-    for a, b in sorted(intervals):
-        if end is None or a > end:
-            total, end = total + (b - a), b
-        elif b > end:
-            total, end = total + (b - end), b
-    return total
+    return sum(b - a for a, b in merged(intervals))
 
 
 class Recorder:
@@ -120,7 +126,7 @@ class Recorder:
         self.log.index.append(req.index)
         self.log.e2e_ns.append(done - intended)
         self.log.prefill_ns.append(storage_ns)
-        self.log.qos.append(QOS_CLASSES.index(req.qos))
+        self.log.qos.append(_QOS_CODE[req.qos])
 
     # -- operations -------------------------------------------------------------------
     def dropped(self, level: int) -> None:
@@ -177,10 +183,7 @@ class Recorder:
         for (tier, what), values in lat.items():
             name = names.tier_op(tier, what, phase)
             if len(values) >= 32:
-                h = m.hist.get(name)
-                if h is None:
-                    h = m.hist[name] = Histogram()
-                h.record_many(np.array(values, dtype=np.int64))
+                m.histogram(name).record_many(np.array(values, dtype=np.int64))
             else:
                 for value in values:
                     m.record(name, value)
@@ -239,14 +242,12 @@ class Recorder:
                 moves[name] = moves.get(name, 0) + count
                 loop[f"{family}s"] = loop.get(f"{family}s", 0) + count
                 loop[f"{family}_bytes"] = loop.get(f"{family}_bytes", 0) + count * nbytes
-        hist = m.hist
         for name, count in moves.items():
-            (hist.get(name) or hist.setdefault(name, Histogram())).record_zeros(count)
+            m.histogram(name).record_zeros(count)
         for name, value in loop.items():
             m.add(name, value)
         for (tier, what), count in n.items():
-            name = names.tier_op(tier, what, phase)
-            (hist.get(name) or hist.setdefault(name, Histogram())).record_zeros(count)
+            m.histogram(names.tier_op(tier, what, phase)).record_zeros(count)
         sec = max(0, (t - self.start_ns) // 1_000_000_000)
         for (tier, what), count in n.items():
             for counter, value in ((f"{what}_bytes", 0 if what == "delete" else count * nbytes),
@@ -285,16 +286,11 @@ class Recorder:
         for tier, spans in self._spans.items():
             if not spans:
                 continue
-            merged: list[tuple[int, int]] = []
-            for a, b in sorted(spans):
-                if merged and a <= merged[-1][1]:
-                    merged[-1] = (merged[-1][0], max(merged[-1][1], b))
-                else:
-                    merged.append((a, b))
-            done = [iv for iv in merged if before_ns is None or iv[1] < before_ns]
-            self._spans[tier] = [iv for iv in merged if before_ns is not None and iv[1] >= before_ns]
-            if done:
-                self.metrics.add(names.tier_counter(tier, "busy_ns"), busy_ns(done))
+            union = merged(spans)
+            done = [iv for iv in union if before_ns is None or iv[1] < before_ns]
+            self._spans[tier] = [iv for iv in union if before_ns is not None and iv[1] >= before_ns]
+            if done:   # disjoint already
+                self.metrics.add(names.tier_counter(tier, "busy_ns"), sum(b - a for a, b in done))
 
     def bytes_moved(self) -> int:
         """Bytes read and written by every tier so far in this phase (the progress line)."""

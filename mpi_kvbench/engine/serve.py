@@ -8,7 +8,8 @@ shares the rank's ``io_depth`` threads. What makes the figures trustworthy:
   whole request, in admission order. With ``fifo`` scheduling requests are admitted in
   trace order, so the same seed, config and world size give the same operations on
   every run, whatever the device's timing. (``priority`` admits the most urgent request
-  that has arrived, so its order, like a real server's, depends on timing.)
+  that has arrived, so its order, like a real server's, depends on timing; in trace mode
+  that timing is the virtual clock's, so it too is the same on every run.)
 * Operations run in plan order per slot: an operation that writes a slot waits until
   every earlier-planned operation on that slot is done, and one that reads it waits for
   the earlier-planned write. So no demotion, eviction or slot reuse planned for a later
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+import itertools
 import queue
 import resource
 import time
@@ -131,7 +133,8 @@ class Flight:
     keys: list[int]                  # the prompt's object keys
     stage: Stage | None = None
     stage_start: int = 0
-    results: list[tuple[Op, Done]] = field(default_factory=list)   # of the stage's ops, as done
+    done: list[Op] = field(default_factory=list)      # the stage's ops done, in completion order
+    results: list[Done] = field(default_factory=list)  # ... and what each did
     outstanding: int = 0             # the stage's ops submitted and not yet done
     parked: int = 0                  # the stage's ops waiting for earlier-planned ones
     prefill_io_ns: int = 0
@@ -189,10 +192,10 @@ class Engine:
         self._users: set[int] = set()                        # users with a request in flight
         self._queued: dict[int, int] = {}                    # user -> its requests in ``arrived``
         self._events: queue.SimpleQueue = queue.SimpleQueue()  # (op, Done | exception)
-        self._owner: dict[Op, tuple[Flight, int]] = {}        # submitted op -> its flight, index
+        self._owner: dict[Op, Flight] = {}                   # submitted op -> its flight
         self._access: dict[_Slot, list[tuple[Op, bool]]] = {}  # slot -> planned (op, writes) in order
         self._parked: dict[_Slot, list[Op]] = {}             # slot -> ops waiting on it
-        self._waiting: dict[Op, tuple[Flight, int]] = {}     # parked op -> its flight, index
+        self._waiting: dict[Op, Flight] = {}                 # parked op -> its flight
         self._crc: dict[_Slot, int] = {}                     # checksum of what a slot holds
         self._timers: list[tuple[int, int, Flight]] = []     # (wake ns, tie, flight)
         self._tick = 0
@@ -245,6 +248,8 @@ class Engine:
             r.count(names.tier_counter(name, "peak_used_bytes"), peak)
         self._occupancy(self._now())
         r.count("batch.max_inflight", self._max_inflight)
+        if self._inline:   # the in-flight integral is in trace time: so is its window
+            r.count("batch.clock_ns", self._vnow - r.start_ns)
         r.settle_busy()
 
     def replay(self, requests: Iterator[Request], deadline_ns: int | None = None,
@@ -436,11 +441,10 @@ class Engine:
         """Decode side of disaggregated serving: reads the ``chunks`` (key, slot, checksum)
         a prefill rank wrote from ``sources[source]`` (its file), loads them into this
         rank's own tiers, decodes, and writes the new chunks. ``written_ns`` (this
-        node's perf_counter clock) is when the prefill's writes were done."""
+        node's perf_counter clock) is when the prefill's writes were done. Never on the
+        virtual clock: a null tier cannot be another rank's source, so set-up refuses
+        trace mode with prefill groups."""
         src = len(self.tiers) + source
-        if self._inline:   # virtual clock: the handoff is read when it is due, at once
-            self._vnow = max(self._vnow, intended)
-            written_ns = self._vnow
         waited = self._now() - written_ns
         self.cache.now = req.arrival_s
         keys = [k for k, _, _ in chunks]
@@ -484,7 +488,8 @@ class Engine:
         promote = [k for k, e in hits if e.level > 0] if s.promotion == "hbm" else []
         promoted = set(promote)
         reads = [Op(READ, k, e.level, e.slot) for k, e in hits if k not in promoted]
-        new = [k for k in keys[len(hits):] if k not in self.cache]
+        index = self.cache.index
+        new = [k for k in keys[len(hits):] if k not in index]
         plan = self.cache.place(new, pinned={k for k, _ in hits}, promote=promote,
                                 level=self.write_level)
         stages = self._demotions(plan, in_prefill=True)
@@ -512,9 +517,9 @@ class Engine:
         self._chains[req.context_after()] = chain    # the next turn's prompt starts with it
         if len(self._chains) > CHAINS:
             del self._chains[next(iter(self._chains))]   # the oldest kept
-        after = geo.object_keys(chain.keys)
-        new = [k for k in after if k not in self.cache]
-        plan = self.cache.place(new, pinned={k for k in after if k in self.cache})
+        after, index = geo.object_keys(chain.keys), self.cache.index
+        cached = {k for k in after if k in index}
+        plan = self.cache.place([k for k in after if k not in cached], pinned=cached)
         return [*stages, *self._demotions(plan), Stage("io", "decode", self._write_ops(plan))]
 
     def _demotions(self, plan: Plan, in_prefill: bool = False) -> list[Stage]:
@@ -617,7 +622,7 @@ class Engine:
             if self._inline:
                 self._run_inline(flight, stage)
                 continue
-            flight.stage, flight.stage_start, flight.results = stage, now, []
+            flight.stage, flight.stage_start, flight.done, flight.results = stage, now, [], []
             for op in stage.ops:
                 if self._runnable(op):
                     self._submit(op, flight)
@@ -645,7 +650,8 @@ class Engine:
 
     def _step(self, wake_ns: int | None) -> bool:
         """Waits for the next completion, timer or ``wake_ns`` (at most 0.2 s, so a stop is
-        seen) and handles everything that is ready; True when a request finished."""
+        seen) and handles everything that is ready; True when a request finished. On the
+        virtual clock nothing is in flight: it jumps to the next timer or ``wake_ns``."""
         before = self.completed
         if self._inline and (self._timers or wake_ns is not None):   # virtual clock: jump
             due = [t for t in (wake_ns, self._timers[0][0] if self._timers else None) if t is not None]
@@ -685,14 +691,15 @@ class Engine:
         if isinstance(result, BaseException):
             raise result
         flight = self._owner.pop(op)
-        for slot, writes in self._slots_of(op):
+        slots = self._slots_of(op)
+        for slot, writes in slots:
             accesses = self._access[slot]
             accesses.remove((op, writes))
             if not accesses:
                 del self._access[slot]
             if writes:
                 self._crc[slot] = result.crc
-        for slot, _ in self._slots_of(op):
+        for slot, _ in slots:
             for other in list(self._parked.get(slot, ())):
                 if other in self._waiting and self._runnable(other):
                     self._unpark(other)
@@ -700,18 +707,20 @@ class Engine:
                     waiting.parked -= 1
                     self._submit(other, waiting)
         flight.outstanding -= 1
-        flight.results.append((op, result))
+        flight.done.append(op)
+        flight.results.append(result)
         if flight.outstanding == 0 and flight.parked == 0:
             stage = flight.stage
-            ops, results = [o for o, _ in flight.results], [d for _, d in flight.results]
             if stage.in_prefill:
-                flight.prefill_io_ns += max(d.end for d in results) - flight.stage_start
-            self.recorder.stage(ops, results, stage.phase, flight.req)
+                flight.prefill_io_ns += max(d.end for d in flight.results) - flight.stage_start
+            self.recorder.stage(flight.done, flight.results, stage.phase, flight.req)
             flight.stage = None
             self._advance(flight)
-            if self.recorder.unsettled() > SETTLE_SPANS:
-                self.recorder.settle_busy(min((f.stage_start for f in self._flights if f.stage),
-                                              default=self._now()))
+            if self.recorder.unsettled() > SETTLE_SPANS:   # what is yet to come starts after
+                # the earliest stage with an operation running or parked, of any flight (a log
+                # replay's and a set-up stage's too, which are not requests in ``_flights``)
+                busy = itertools.chain(self._owner.values(), self._waiting.values())
+                self.recorder.settle_busy(min((f.stage_start for f in busy), default=self._now()))
 
     def _unpark(self, op: Op) -> None:
         for slot, _ in self._slots_of(op):
@@ -737,7 +746,10 @@ class Engine:
 
     def _abandon(self) -> None:
         """A stop: no flight starts another stage, and the operations they have not
-        submitted are forgotten (so nothing waits on them); those already running finish."""
+        submitted are forgotten (so nothing waits on them); those already running finish.
+        The cache still lists what the forgotten writes and moves would have put in place,
+        so the engine must serve nothing after a stop (a run's stop is final: it ends the
+        phase, and ``stop_requested`` stays set, so a later phase stops at once)."""
         for flight in list(self._flights):
             flight.abandoned = True
             unstarted = [op for st in flight.stages for op in st.ops]
@@ -796,7 +808,7 @@ class Engine:
             return
         op, since = oldest
         self.stalled = True
-        what = {READ: "read", WRITE: "write", MOVE: "move"}[op.kind]
+        what = {READ: "read", WRITE: "write", MOVE: "move", DROP: "delete"}[op.kind]
         where = self.pool.tiers[op.dst if op.kind == WRITE else op.src].level
         slot = op.dst_slot if op.kind == WRITE else op.src_slot
         raise Stalled(f"watchdog: a {where} {what} (slot {slot}) has been in flight for"

@@ -32,6 +32,9 @@ from mpi_kvbench.results.collected import Collected
 # measured phase of the requests in flight (request x ns), and the most in flight at once.
 BATCH_INFLIGHT_NS = "batch.inflight_ns"
 BATCH_MAX_INFLIGHT = "batch.max_inflight"
+# ... and, in trace mode only, the phase's length on its virtual clock: the in-flight
+# integral is on that clock, while ``elapsed_ns`` is the wall time the phase took
+BATCH_CLOCK_NS = "batch.clock_ns"
 VERIFY_FAILED = 3    # exit status: a read returned what was not written (see README)
 
 
@@ -95,10 +98,13 @@ def groups(data: Collected) -> list[dict[str, Any]]:
     completed = data.per_rank_counter(names.group("requests_completed"))
     inflight_ns = data.per_rank_counter(BATCH_INFLIGHT_NS)
     max_inflight = data.per_rank_counter(BATCH_MAX_INFLIGHT)
+    clock_ns = data.per_rank_counter(BATCH_CLOCK_NS)   # zeros when absent (timed runs)
     leaders = sorted((e.get("group", i), i) for i, e in enumerate(data.env) if e.get("tp_rank", 0) == 0)
     out = []
     for group, i in leaders:
         elapsed = int(data.elapsed_ns[i]) if i < data.elapsed_ns.size else 0
+        if clock_ns[i] > 0:   # trace mode: the integral's own clock
+            elapsed = int(clock_ns[i])
         out.append({
             "group": group,
             "leader_rank": data.env[i].get("rank", i),

@@ -62,9 +62,14 @@ class Rig:
             assert self.engine.serve(r)
 
     def close(self) -> None:
-        self.engine.close()
-        for t in self.tiers:
-            t.close()
+        close_all(self.engine, self.tiers)
+
+
+def close_all(engine: Engine, tiers: list) -> None:
+    """Closes an engine, then the tiers it ran on."""
+    engine.close()
+    for t in tiers:
+        t.close()
 
 
 def request(i: int, segments, output: int = 0, user: int = 0) -> Request:

@@ -4,8 +4,10 @@ promotions, verify mode and deterministic planning."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
+import pytest
 from engine_rig import CT, MICRO, TINY_OBJ, Rig, make_config, request
 
 from mpi_kvbench.engine import StopReason
@@ -199,3 +201,58 @@ def test_busy_time_is_the_union_of_the_intervals() -> None:
     assert busy_ns([(0, 10), (5, 15), (20, 30)]) == 25
     assert busy_ns([(20, 30), (0, 40)]) == 40          # one inside another, any order
     assert busy_ns([(0, 5)]) == 5
+
+
+def test_busy_time_of_a_log_replay_is_the_union_of_its_intervals(tmp_path: Path, rig) -> None:
+    """A log replay's operations are not requests in flight, yet their intervals overlap
+    the ones settled while they run: the busy time settled in pieces (past the engine's
+    span limit) must still be the union of all of them, never more."""
+    from mpi_kvbench.engine.record import busy_ns
+    from mpi_kvbench.iotrace import Row
+
+    r = rig(make_config(tmp_path, storage=64, io={"io_depth": 4}, **MICRO))
+    engine, obj = r.engine, r.obj
+    rows = [Row(i, i < 64 or i % 2 == 0, obj, "storage", i, "prefill", i % 64, 0, 0, i)
+            for i in range(5000)]
+    engine.load_log(rows)
+    spans: list[tuple[int, int]] = []
+    stage = engine.recorder.stage
+
+    def spy(ops, results, phase, req=None):
+        for op, d in zip(ops, results, strict=True):
+            if op.kind != WRITE and d.read_ns:
+                spans.append((d.start, d.start + d.read_ns))
+            if op.kind != READ and d.write_ns:
+                spans.append((d.end - d.write_ns, d.end))
+        return stage(ops, results, phase, req)
+
+    engine.recorder.stage = spy
+    engine.start_phase(time.perf_counter_ns())
+    assert engine.replay_log(False) is StopReason.SHARE
+    engine.end_phase()
+    assert len(spans) > 4096                     # settled in pieces, not once at the end
+    assert r.c["storage.busy_ns"] == busy_ns(spans)
+
+
+@pytest.mark.parametrize("kind", ["file", "null"])
+def test_a_stop_abandons_the_batch_and_leaves_nothing_waiting(tmp_path: Path, rig, kind: str) -> None:
+    """A stop mid-batch (timed I/O, or trace mode's virtual clock): the requests in flight
+    are abandoned, none is recorded as done, and once the operations already running end
+    no slot keeps a forgotten operation (the replay returns; nothing is left waiting)."""
+    null = {"tiers": {lv: {"kind": "null"} for lv in ("hbm", "dram", "storage")}} if kind == "null" else {}
+    cfg = make_config(tmp_path, hbm=6, dram=12, storage=300, obj=4096,
+                      **{**MICRO, **null, "workload": {**SYNTH, "users": 12},
+                         "engine": {"max_batch": 6, "time_per_output_token_ms": 0.05}})
+    r = rig(cfg, f"stop-{kind}")
+    engine = r.engine
+    assert engine._inline == (kind == "null")
+    abandoned = []
+    abandon = engine._abandon
+    engine._abandon = lambda: (abandoned.append(len(engine._flights)), abandon())
+    source = WORKLOADS.load(cfg.workload_kind)(cfg.workload, 3).requests()
+    assert engine.replay(source, None, stop=lambda: engine.completed >= 5) is StopReason.STOPPED
+    assert len(abandoned) == 1 and abandoned[0] > 1                # a batch was in flight
+    done = engine.completed
+    assert done >= 5 and r.c["requests_completed"] == done         # the abandoned are not counted
+    assert not engine._flights and not engine._users and engine._owner == {}
+    assert engine._access == {} and engine._waiting == {} and engine._parked == {}

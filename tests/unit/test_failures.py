@@ -79,6 +79,23 @@ def test_the_watchdog_names_the_stalled_tier(tmp_path: Path, rig) -> None:
         release.set()
 
 
+def test_the_watchdog_names_a_stalled_delete(tmp_path: Path, rig) -> None:
+    """A tier that deletes (object storage) can stall in ``drop``: the watchdog names it
+    like any other operation (it used to fail on a KeyError for the kind)."""
+    r = rig(make_config(tmp_path, storage=4, run={"watchdog_s": 0.3}))
+    release = threading.Event()
+    storage = r.tiers[-1]
+    r.engine.serve(request(0, [(1, 64)]))          # fills the tier: the next request evicts
+    storage.deletes = True
+    storage.drop = lambda slot: release.wait()
+    try:
+        with pytest.raises(Stalled, match=r"storage delete \(slot \d+\).*run\.watchdog_s=0\.3"):
+            r.engine.serve(request(1, [(2, 64)]))
+        assert r.engine.stalled
+    finally:
+        release.set()
+
+
 def test_no_watchdog_when_it_is_off(tmp_path: Path, rig) -> None:
     r = rig(make_config(tmp_path, storage=8, run={"watchdog_s": 0}))
     storage = r.tiers[-1]

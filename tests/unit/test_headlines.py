@@ -234,3 +234,12 @@ def test_real_run_figures_follow_the_per_rank_records(real_runs: dict[str, Path]
             assert s["tiers"][tier][f"{op}_iops"] == pytest.approx(iops, rel=1e-4, abs=0.01), (tier, op)
     assert [g["group"] for g in s["groups"]] == [0]
     assert s["groups"][0]["requests_completed"] == s["requests_completed"] > 0
+
+
+def test_trace_mode_occupancy_is_over_the_phase_on_its_own_clock() -> None:
+    """Trace mode counts request-time on its virtual clock and says how long the phase was
+    on it (``batch.clock_ns``): group 0's 3 s over 6 s of trace time is 0.5 in flight, not
+    3 s over the 2 s of wall time the phase took; a rank without it keeps its elapsed."""
+    counters = {**COUNTERS, "batch.clock_ns": [6_000_000_000, 6_000_000_000, 0, 0]}
+    groups = summarize(collected(counters), run_facts())["groups"]
+    assert [g["batch_occupancy_mean"] for g in groups] == [pytest.approx(0.5), pytest.approx(0.5)]

@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from engine_rig import CT, TINY_OBJ, make_config, request
+from engine_rig import CT, TINY_OBJ, close_all, make_config, request
 
 from mpi_kvbench.cli import build_parser, overrides
 from mpi_kvbench.config import load
@@ -51,9 +51,7 @@ def traced_run(tmp_path: Path, log: str, null: bool = False,
         trace.close()
         after = time.time()
     finally:
-        engine.close()
-        for t in tiers:
-            t.close()
+        close_all(engine, tiers)
     return engine, before, after
 
 
@@ -180,9 +178,7 @@ def test_replay_at_recorded_times_keeps_the_bytes_and_never_runs_early(plain, tm
         shift = trace._wall0 - trace._perf0
         trace.close()
     finally:
-        engine.close()
-        for t in tiers:
-            t.close()
+        close_all(engine, tiers)
     c, r = engine.metrics.counters, recorded.metrics.counters
     for t in TIER_OF:
         for what in ("read_bytes", "write_bytes", "read_ops", "write_ops"):

@@ -3,6 +3,7 @@ checked against a value worked out by hand."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from mpi_kvbench.engine.iopool import MOVE, READ, WRITE, Done, Op
@@ -116,3 +117,14 @@ def test_a_new_phase_forgets_the_last() -> None:
     ([(0, 10), (10, 20)], 20)])
 def test_busy_time_is_the_union_of_the_intervals(intervals: list, busy: int) -> None:
     assert busy_ns(intervals) == busy
+
+
+def test_busy_time_equals_the_instants_covered_by_any_interval() -> None:
+    """Against a count of the nanoseconds inside at least one interval, on random ones."""
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        starts = rng.integers(0, 300, rng.integers(0, 12))
+        intervals = [(int(a), int(a + w)) for a, w in zip(starts, rng.integers(0, 60, len(starts)),
+                                                          strict=True)]
+        covered = set().union(*(range(a, b) for a, b in intervals))
+        assert busy_ns(intervals) == len(covered)

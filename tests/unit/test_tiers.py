@@ -324,3 +324,16 @@ def test_calibration_leaves_nothing_when_its_set_up_fails(tmp_path: Path,
         cal.calibrate(params, RankContext(run_id="cal"), OBJ, 2, 4 * OBJ)
     assert tree(tmp_path) == set()
     assert len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_a_null_tier_cannot_be_another_ranks_source() -> None:
+    """What keeps disaggregated serving off the virtual clock (the engine has no trace-mode
+    handoff): a decode rank cannot open a null storage tier, and set-up says why."""
+    tier = build("null", 4 * OBJ)
+    tier.open(RankContext())
+    try:
+        assert tier.instant and tier.location() is None
+        with pytest.raises(ConfigError, match="null tier cannot be read by another rank"):
+            tier.open_peer("anywhere")
+    finally:
+        tier.close()
