@@ -244,6 +244,7 @@ class Engine:
         r.count("payload.generated_bytes", p.generated_bytes - bytes0)
         r.count("payload.stalls", p.stalls - stalls0)
         r.count("payload.stall_ns", p.stall_ns - stall_ns0)
+        r.count("payload.ring_bytes", p.ring_bytes)    # grown on stalls: part of peak_rss_bytes
         for name, peak in zip(self.names, self.peak_used, strict=True):
             r.count(names.tier_counter(name, "peak_used_bytes"), peak)
         self._occupancy(self._now())

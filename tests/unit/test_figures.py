@@ -192,6 +192,9 @@ def test_cpu_per_gb_separates_payload_generation(run: Result) -> None:
     generated_gb = run.total("payload.generated_bytes") / 1e9
     assert cpu["generation_s_per_gb"] == pytest.approx(gen_s / generated_gb, rel=1e-3, abs=1e-4)
     assert cpu["payload_stalls"] == run.total("payload.stalls")
+    # small objects: the ring is the 64 MiB floor in whole objects, too big to need growing
+    assert list(run.per_rank("payload.ring_bytes")) == [-(-(64 << 20) // OBJ) * OBJ] * len(
+        run.per_rank("payload.ring_bytes"))
     assert cpu["payload_stall_s"] == pytest.approx(run.total("payload.stall_ns") / 1e9, abs=1e-3)
 
 
