@@ -34,6 +34,7 @@ from mpi_kvbench.params import (
     clean,
     did_you_mean,
     non_negative,
+    plain_name,
     positive,
     unknown,
 )
@@ -88,12 +89,7 @@ class RunSection:
         if not 0 <= self.precondition <= 1:
             raise ConfigError(f"run.precondition={self.precondition}: give a share of the storage"
                               " capacity between 0 and 1")
-        if "/" in self.run_name or "\0" in self.run_name or self.run_name in (".", ".."):
-            raise ConfigError(f"run.run_name={self.run_name!r}: use a plain name without '/'"
-                              " or NUL")
-        if len(self.run_name.encode()) > MAX_RUN_NAME:
-            raise ConfigError(f"run.run_name: {len(self.run_name.encode())} bytes is too long for a"
-                              f" folder name; use at most {MAX_RUN_NAME}")
+        plain_name("run.run_name", self.run_name, allow_empty=True)   # "": a UTC timestamp
         positive(self, "run", ("validation_tolerance",))
         if self.validation_trace:
             validation.read(self.validation_trace)   # a bad file fails before the run
@@ -101,7 +97,6 @@ class RunSection:
             raise ConfigError("run.results_dir: the path holds a NUL byte; give a plain path")
 
 
-MAX_RUN_NAME = 200   # bytes: a folder name (255 at most) with room for a "-<run id>" suffix
 
 
 @dataclass(frozen=True)

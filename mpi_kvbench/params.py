@@ -143,6 +143,18 @@ def choice(obj: Any, section: str, name: str, valid: Iterable[str]) -> None:
         raise ConfigError(f"{section}.{name}={getattr(obj, name)!r}: use one of {', '.join(valid)}")
 
 
+MAX_NAME_BYTES = 200   # a folder name (255 at most) with room for a "-<run id>" suffix
+
+
+def plain_name(where: str, value: str, *, allow_empty: bool = False) -> None:
+    """A name that becomes one folder: no '/', no NUL, not '.' or '..', not too long."""
+    if (not value and not allow_empty) or "/" in value or "\0" in value or value in (".", ".."):
+        raise ConfigError(f"{where}={value!r}: give a plain name without '/' or NUL")
+    if len(value.encode()) > MAX_NAME_BYTES:
+        raise ConfigError(f"{where}: {len(value.encode())} bytes is too long for a folder name;"
+                          f" use at most {MAX_NAME_BYTES}")
+
+
 def at_most(obj: Any, section: str, limits: dict[str, float]) -> None:
     """Upper bounds where a larger value would exhaust threads, memory or integer ranges
     long after the configuration was accepted."""

@@ -18,7 +18,7 @@ import yaml
 from mpi_kvbench import config as cfgmod
 from mpi_kvbench.config import Config
 from mpi_kvbench.errors import ConfigError
-from mpi_kvbench.params import build_dataclass, choice, non_negative, positive
+from mpi_kvbench.params import build_dataclass, choice, non_negative, plain_name, positive
 
 MLPERF_MODES = ("closed", "open")
 MLPERF_OPTIONS = {f"option{k}": f"mlperf-option{k}.yaml" for k in (1, 2, 3)}
@@ -44,8 +44,7 @@ class SuiteRunSection:
 
     def check(self) -> None:
         non_negative(self, "runs[]", ("trials",))
-        if not self.name or "/" in self.name or self.name in (".", ".."):
-            raise ConfigError(f"runs[].name={self.name!r}: give a plain name without '/'")
+        plain_name("runs[].name", self.name)
 
 
 @dataclass(frozen=True)
@@ -181,8 +180,8 @@ def plan(req: Request, stamp: str) -> Plan:
         raise ConfigError(f"--pause {req.pause_s}: give 0 or more seconds")
     if req.cv_threshold is not None and req.cv_threshold <= 0:
         raise ConfigError(f"--cv-threshold {req.cv_threshold}: give a share above 0, e.g. 0.05")
-    if req.name is not None and ("/" in req.name or req.name in ("", ".", "..")):
-        raise ConfigError(f"--suite-name {req.name!r}: give a plain name without '/'")
+    if req.name is not None:
+        plain_name("--suite-name", req.name)
     base = cfgmod.load(req.config, req.overrides)   # results_dir, and the command line's errors
     if req.mlperf is not None:
         return _plan_mlperf(req, stamp, base.run.results_dir)

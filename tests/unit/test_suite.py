@@ -111,6 +111,8 @@ def test_suite_file_overrides_layer_in_order(tmp_path: Path) -> None:
     ({"runs": [{"name": "a"}, {"name": "a"}]}, "used twice"),
     ({"runs": [{"name": "a", "set": {"io.io_dept": 2}}]}, "did you mean 'io_depth'"),
     ({"runs": [{"name": "a/b"}]}, "plain name"),
+    ({"runs": [{"name": "a\0b"}]}, "NUL"),                         # one folder per run: no NUL
+    ({"runs": [{"name": "x" * 201}]}, "201 bytes is too long"),
 ])
 def test_suite_file_mistakes_are_one_line(tmp_path: Path, doc: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -53,6 +53,7 @@ CASES = [
     ("users-float", ["--set", "workload.users=2.5"], ["workload.users", "int"]),
     ("nul-cache-dir", ["--cache-dir", "{tmp}/kv\0x"], ["tiers.storage.path", "NUL"]),
     ("nul-run-name", ["--run-name", "a\0b"], ["run.run_name", "NUL"]),
+    ("long-run-name", ["--run-name", "x" * 201], ["run.run_name", "201 bytes", "at most 200"]),
     ("nul-config", ["--config", "{tmp}/a\0.yaml"], ["--config", "NUL"]),
     ("qos-class", ["--set", "qos.targets_ms.interactve.p95=5"],
      ["qos.targets_ms.interactve", "'interactive'"]),
