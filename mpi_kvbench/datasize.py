@@ -50,6 +50,8 @@ def datasize(cfg: Config, users: int, context_tokens: int | None = None, turns: 
              ranks: int | None = None) -> dict[str, Any]:
     """The figures ``datasize`` prints; ``ranks`` (default one TP group) spreads the users."""
     tp = cfg.kv.tensor_parallel
+    if ranks is not None and ranks < 1:
+        raise ConfigError(f"--ranks {ranks}: give 1 or more (leave it out for one TP group)")
     ranks = ranks or tp
     if users < 1:
         raise ConfigError(f"--users {users}: give 1 or more")

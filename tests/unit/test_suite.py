@@ -231,3 +231,11 @@ def test_a_sweep_plans_one_option_per_value_and_draws_its_curve(tmp_path: Path) 
         plan(Request(sweep=("workload.users", [2, 2])), "t")
     with pytest.raises(ConfigError, match="did you mean 'users'"):
         plan(Request(sweep=("workload.user", [2])), "t")
+
+
+@pytest.mark.parametrize("ranks, message", [(0, "give 1 or more"), (-2, "give 1 or more"),
+                                            (3, "give a multiple of --tensor-parallel 2")])
+def test_datasize_refuses_a_rank_count_it_cannot_spread_users_over(ranks: int, message: str) -> None:
+    cfg = cfgmod.load(None, [{"kv": {"tensor_parallel": 2}}])
+    with pytest.raises(ConfigError, match=f"--ranks {ranks}: {message}"):
+        datasize(cfg, users=4, ranks=ranks)
