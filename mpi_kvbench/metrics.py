@@ -90,8 +90,9 @@ class Histogram:
 
     def record_zeros(self, n: int) -> None:
         """``n`` samples of 0 ns (trace mode's operations), as ``record(0)`` n times."""
-        self.counts[0] += n
-        self.min_ns = min(self.min_ns, 0)
+        if n > 0:   # no samples leave the minimum alone
+            self.counts[0] += n
+            self.min_ns = min(self.min_ns, 0)
 
     def __add__(self, other: Histogram) -> Histogram:
         return Histogram(self.counts + other.counts, min(self.min_ns, other.min_ns),

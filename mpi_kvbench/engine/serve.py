@@ -192,6 +192,7 @@ class Engine:
         self._users: set[int] = set()                        # users with a request in flight
         self._queued: dict[int, int] = {}                    # user -> its requests in ``arrived``
         self._events: queue.SimpleQueue = queue.SimpleQueue()  # (op, Done | exception)
+        self._report = lambda op, result: self._events.put((op, result))   # one, not one per op
         self._owner: dict[Op, Flight] = {}                   # submitted op -> its flight
         self._access: dict[_Slot, list[tuple[Op, bool]]] = {}  # slot -> planned (op, writes) in order
         self._parked: dict[_Slot, list[Op]] = {}             # slot -> ops waiting on it
@@ -647,7 +648,7 @@ class Engine:
             op.crc = -1 if op.src in self._readers else self._crc.get((op.src, op.src_slot), 0)
         self._owner[op] = flight
         flight.outstanding += 1
-        self.pool.submit(op, lambda o, r: self._events.put((o, r)))
+        self.pool.submit(op, self._report)
 
     def _step(self, wake_ns: int | None) -> bool:
         """Waits for the next completion, timer or ``wake_ns`` (at most 0.2 s, so a stop is

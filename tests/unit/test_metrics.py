@@ -186,3 +186,15 @@ def test_percentile_of_any_samples(xs: list[int], q: float) -> None:
         h.record(v)
     want = float(np.percentile(np.array(xs), q, method="inverted_cdf"))
     assert abs(h.percentile(q) - want) <= 0.01 * want
+
+
+@pytest.mark.parametrize("n", [0, 1, 7])
+def test_record_zeros_is_record_of_zero_n_times(n: int) -> None:
+    fast, slow = Histogram(), Histogram()
+    fast.record(5_000)
+    slow.record(5_000)
+    fast.record_zeros(n)
+    for _ in range(n):
+        slow.record(0)
+    assert np.array_equal(fast.counts, slow.counts)
+    assert (fast.min_ns, fast.max_ns, fast.sum_ns) == (slow.min_ns, slow.max_ns, slow.sum_ns)
