@@ -24,6 +24,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -52,12 +53,12 @@ def child(library: str, url: str, bucket: str, objects: int, size: int, depth: i
         c0, t0 = cpu_s(), time.perf_counter()
         list(pool.map(lambda k: client.put(bucket, k, view), keys))
         c1, t1 = cpu_s(), time.perf_counter()
-        bufs = {}
+        mine = threading.local()    # one buffer per thread, made at its first GET only
 
         def get(k: str) -> int:
-            import threading
-            b = bufs.setdefault(threading.get_ident(), aligned_buffer(size))
-            return client.get_into(bucket, k, memoryview(b))
+            if not hasattr(mine, "view"):
+                mine.view = memoryview(aligned_buffer(size))
+            return client.get_into(bucket, k, mine.view)
         got = sum(pool.map(get, keys))
         c2, t2 = cpu_s(), time.perf_counter()
     assert got == objects * size, (got, objects * size)

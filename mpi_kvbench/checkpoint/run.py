@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import time
 import uuid
 from datetime import UTC, datetime
@@ -30,6 +29,7 @@ from mpi_kvbench.checkpoint.targets import FileTarget, S3Target, Target
 from mpi_kvbench.context import RankContext
 from mpi_kvbench.engine import payload as pl
 from mpi_kvbench.errors import ConfigError
+from mpi_kvbench.footprint import peak_rss_bytes, rss_bytes
 from mpi_kvbench.mpi.comm import Comm, topology, world
 from mpi_kvbench.results.hdf5 import atomic_write, write_summary
 from mpi_kvbench.run import _holds_result, agree
@@ -40,18 +40,6 @@ PER_RANK = ("bytes", "write_s", "read_s", "write_start_ns", "write_end_ns", "rea
             "verify_mismatches")
 
 
-def _status(field: str) -> int:
-    """A VmHWM / VmRSS line of /proc/self/status, in bytes; 0 where there is none."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def reset_peak_rss() -> bool:
     """Starts a new resident-memory high-water mark (Linux >= 4.0: clear_refs 5)."""
     try:
@@ -60,10 +48,6 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
-
-
-def peak_rss() -> int:
-    return _status("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def open_target(s: CheckpointSettings, ctx: RankContext, size: int) -> Target:
@@ -116,7 +100,7 @@ def _measure(s: CheckpointSettings, comm: Comm, ctx: RankContext, target: Target
                            "target": target.info(), "pool_bytes": pool.nbytes}
     producer = Producer(pool, size, ctx.rank, s.generator_threads,   # fills the pool now
                         checksums=s.restore and s.verify)
-    row["rss_before_bytes"] = _status("VmRSS")
+    row["rss_before_bytes"] = rss_bytes()
     reset_peak_rss()
     try:
         producer.wait_primed()
@@ -140,7 +124,7 @@ def _measure(s: CheckpointSettings, comm: Comm, ctx: RankContext, target: Target
         except Exception as e:   # noqa: BLE001
             row["error"] = f"rank {ctx.rank}: restore: {e}"
         row["read_end_ns"] = time.time_ns()
-    row["peak_rss_bytes"] = peak_rss()
+    row["peak_rss_bytes"] = peak_rss_bytes()
     for a, b, k in (("write_start_ns", "write_end_ns", "write_s"),
                     ("read_start_ns", "read_end_ns", "read_s")):
         if a in row and b in row:

@@ -66,7 +66,6 @@ class Producer:
         self.stalls = 0
         self.stall_s = 0.0
         self.gen_cpu_s = 0.0
-        self.gen_wall_s = 0.0
         self._gen = dgen_py.Generator(size=max(total_bytes, 1), dedup_ratio=1, compress_ratio=1,
                                       max_threads=threads)
         self._empty: queue.SimpleQueue = queue.SimpleQueue()
@@ -88,7 +87,7 @@ class Producer:
                 buf = self._empty.get()
                 if buf is _STOP:
                     return
-                w, c = time.perf_counter(), time.thread_time()
+                c = time.thread_time()
                 view = memoryview(buf)[:size]
                 done = 0
                 while done < size:
@@ -97,7 +96,6 @@ class Producer:
                 if self.checksums:
                     self.crcs[i] = pl.checksum(view)
                 self.gen_cpu_s += time.thread_time() - c
-                self.gen_wall_s += time.perf_counter() - w
                 view.release()
                 self._ready.put(buf)
                 if i + 1 == self._prime_count:

@@ -144,7 +144,7 @@ class S3Target(Target):
 
     def remove(self) -> None:
         if self._stream is not None:
-            getattr(self._stream, "close", lambda: None)()
+            self._stream.close()
             self._stream = None
         self.tier.close()
 

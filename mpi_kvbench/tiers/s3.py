@@ -444,6 +444,10 @@ class S3Tier(Tier):
         allow_foreign: bool = False        # True: share a prefix that holds others' objects
         keep_objects: bool = False         # True: leave this run's objects for inspection
 
+        @property
+        def part_bytes(self) -> int:
+            return int(self.part_size_mb * MiB)
+
         def check(self) -> None:
             if not self.bucket:
                 raise ConfigError("tiers.<level>.bucket: missing; name an existing bucket")
@@ -471,8 +475,8 @@ class S3Tier(Tier):
         base = p.prefix.strip("/")
         self.run_prefix = f"{base}/{ctx.run_id}/" if base else f"{ctx.run_id}/"
         self.rank_prefix = f"{self.run_prefix}rank{ctx.rank}/"
-        self.client = open_client(p.library, self.endpoint, self.region,
-                                  int(p.part_size_mb * MiB), p.connections, f"{where}.library")
+        self.client = open_client(p.library, self.endpoint, self.region, p.part_bytes,
+                                  p.connections, f"{where}.library")
         # the whole prefix when it must hold nothing foreign; else only this rank's own
         # (on a shared bucket that may hold millions): either listing proves the endpoint,
         # the keys and the bucket before anything is measured
@@ -537,5 +541,5 @@ class S3Tier(Tier):
         return {**super().info(), "library": self.params.library, "bucket": self.params.bucket,
                 "prefix": self.rank_prefix, "endpoint": self.endpoint,
                 "endpoints": list(self.endpoints), "endpoint_source": self.endpoint_source,
-                "region": self.region, "part_size_bytes": int(self.params.part_size_mb * MiB),
-                "multipart": self.object_bytes > int(self.params.part_size_mb * MiB)}
+                "region": self.region, "part_size_bytes": self.params.part_bytes,
+                "multipart": self.object_bytes > self.params.part_bytes}

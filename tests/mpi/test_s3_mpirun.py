@@ -9,7 +9,6 @@ import uuid
 from pathlib import Path
 
 import h5py
-import pytest
 from test_mpirun import MINI, gb, mpirun, names
 
 OBJ = 512 * 1024           # MINI with 512-token chunks
@@ -70,7 +69,3 @@ def test_an_endpoint_that_does_not_answer_is_one_line_before_measuring(s3_server
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "r").exists()
 
-
-@pytest.fixture(autouse=True)
-def _needs_moto(s3_server) -> None:
-    """Every test here needs the server (skipped with a reason when moto is missing)."""
