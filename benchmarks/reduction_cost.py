@@ -1,8 +1,8 @@
 """How long the end-of-run reductions and the result write take, per ``run.per_rank_detail``.
 
 Run under MPI: ``mpirun -n 8 python benchmarks/reduction_cost.py`` (add ``--oversubscribe``
-style flags as your MPI needs for more ranks than cores). Each rank records what a real
-run records (25 histograms, 66 counters, 16 series of 30 s, a 1.1 KB environment) plus N
+style flags as your MPI needs for more ranks than cores). Each rank records metrics shaped like a
+real run's (25 histograms, 66 counters, 16 series of 30 s, a 1.1 KB environment) plus N
 requests; the script times the TP-group maximum, the reduction to rank 0 (``collect``)
 and the HDF5/JSON write, for both details and two request counts, and prints the result
 file's size and the bytes rank 0 received per rank. The cost grows with ranks x buckets
