@@ -1,8 +1,8 @@
 """How long the end-of-run reductions and the result write take, per ``run.per_rank_detail``.
 
 Run under MPI: ``mpirun -n 8 python benchmarks/reduction_cost.py`` (add ``--oversubscribe``
-style flags as your MPI needs for more ranks than cores). Each rank records what a real
-run records (33 histograms, 66 counters, 16 series of 30 s, a 1.1 KB environment) plus N
+style flags as your MPI needs for more ranks than cores). Each rank records metrics shaped like a
+real run's (25 histograms, 66 counters, 16 series of 30 s, a 1.1 KB environment) plus N
 requests; the script times the TP-group maximum, the reduction to rank 0 (``collect``)
 and the HDF5/JSON write, for both details and two request counts, and prints the result
 file's size and the bytes rank 0 received per rank. The cost grows with ranks x buckets
@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from mpi_kvbench.metrics import N_BUCKETS, Histogram, Metrics
+from mpi_kvbench.metrics import N_BUCKETS, PERCENTILES, Histogram, Metrics
 from mpi_kvbench.mpi.comm import topology, world
 from mpi_kvbench.mpi.reduce import collect, group_latency, rank_percentiles
 from mpi_kvbench.results.collected import Collected, RequestLog
@@ -57,6 +57,18 @@ def fake_metrics(n_requests: int, seed: int) -> tuple[Metrics, RequestLog]:
         log.prefill_ns.append(v // 2)
         log.qos.append(2)
     return m, log
+
+
+def gathered_bytes(metrics: Metrics, detail: str) -> int:
+    """What ``collect`` gathers from one rank, as it lays it out (8-byte values, the
+    environment aside): one row of every histogram's min, max, sum and count, the
+    counters and the elapsed time; then with ``full`` the bucket counts [H, B] and the
+    series [S, T], with ``summary`` the percentiles [H, P]."""
+    h = len(metrics.hist)
+    row = 4 * h + len(metrics.counters) + 1
+    extra = (h * N_BUCKETS + len(metrics.series) * SECONDS if detail == "full"
+             else h * len(PERCENTILES))
+    return (row + extra) * 8
 
 
 def env(comm_rank: int, ctx) -> dict:
@@ -140,9 +152,7 @@ def main() -> None:
             comm.quiet_barrier()
             times[detail, n] = (t1 - tg, t2 - t1)
             if comm.rank == 0:
-                h = len(metrics.hist)
-                per_rank = (h * (N_BUCKETS + 3) + 16 * SECONDS if detail == "full"
-                            else h * (1 + 3 + 5)) * 8 + 66 * 8
+                per_rank = gathered_bytes(metrics, detail)
                 print(f"{detail:7} {n:>7} requests/rank, {comm.size:>4} ranks: TP-group max"
                       f" {tg - t0:.3f} s, reduce to rank 0 {t1 - tg:.3f} s ({cpu:.3f} CPU-s on rank 0),"
                       f" write {t2 - t1:.3f} s,"

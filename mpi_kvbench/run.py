@@ -300,9 +300,10 @@ def _banner(run: Run) -> None:
         fs = f" ({info['fs_type']})" if info.get("fs_type") else ""
         say(f"tier {tier.level}: {tier.name}, {tier.capacity_bytes / 1e9:.3f} GB per rank,"
             f" {tier.slots} slots{where}{fs}")
-    skips = getattr(run.workload, "_skips", None)
+    skips = run.workload.info().get("skip_reasons")   # the trace's own report, most first
     if skips:
-        say("trace rows skipped: " + ", ".join(f"{n} x {why}" for why, n in skips.most_common()))
+        say("trace rows skipped: " + ", ".join(
+            f"{n} x {why}" for why, n in sorted(skips.items(), key=lambda kv: -kv[1])))
     stop = [f"{cfg.run.duration_s:g} s" if cfg.run.duration_s else "",
             f"{cfg.run.max_requests} requests per TP group" if cfg.run.max_requests else ""]
     say(f"results: {os.path.abspath(run.out_dir)}; stops after "

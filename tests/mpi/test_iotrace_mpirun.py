@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_mpirun import MPIRUN
 
 from mpi_kvbench.iotrace import read_meta, read_rows
 
-MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
 pytestmark = pytest.mark.skipif(MPIRUN is None, reason="no mpirun: pip install -e '.[mpi]'")
 FIO = shutil.which("fio")
 

@@ -162,6 +162,8 @@ def test_peak_memory_and_set_up_phases_are_in_the_result(both_runs) -> None:
     phases = [n for n in cn if n.startswith("setup.")]
     per_rank_total = rows[:, [cn.index(n) for n in phases]].sum(axis=1) / 1e6
     assert setup["total"] == pytest.approx(per_rank_total.max(), abs=2e-3)
+    for n in phases:   # each phase: its slowest rank, from the per-rank counters
+        assert setup[n[len("setup."):-len("_us")]] == round(rows[:, cn.index(n)].max() / 1e6, 3), n
     assert all(v >= 0 for v in setup.values())
 
 

@@ -240,6 +240,10 @@ def test_trace_mode_occupancy_is_over_the_phase_on_its_own_clock() -> None:
     """Trace mode counts request-time on its virtual clock and says how long the phase was
     on it (``batch.clock_ns``): group 0's 3 s over 6 s of trace time is 0.5 in flight, not
     3 s over the 2 s of wall time the phase took; a rank without it keeps its elapsed."""
-    counters = {**COUNTERS, "batch.clock_ns": [6_000_000_000, 6_000_000_000, 0, 0]}
+    clock = [6_000_000_000, 6_000_000_000, 0, 0]
+    counters = {**COUNTERS, "batch.clock_ns": clock}
     groups = summarize(collected(counters), run_facts())["groups"]
-    assert [g["batch_occupancy_mean"] for g in groups] == [pytest.approx(0.5), pytest.approx(0.5)]
+    inflight = COUNTERS["batch.inflight_ns"]
+    want = [inflight[0] / clock[0], inflight[2] / ELAPSED_NS[2]]   # leaders 0 and 2
+    assert want == [0.5, 0.5] and ELAPSED_NS[0] != clock[0]        # the wall time would give 1.5
+    assert [g["batch_occupancy_mean"] for g in groups] == [pytest.approx(w) for w in want]

@@ -267,6 +267,12 @@ def test_reads_of_lost_writes_fail_the_run_visibly(tmp_path: Path, main, verify:
     assert (v["mismatches"] >= v["stamp_mismatches"]) if verify == "true" else v["mismatches"] == 0
     assert v["stamps_checked"] == s["tiers"]["storage"]["read_ops"]
     assert errors(err) == [f"error: verify: {run_mod.verify_failure(v)}"]
+    # ... and that line says the counts, spelled here, not by the function that wrote it
+    said = errors(err)[0]
+    assert (f"{v['stamp_mismatches']} of {v['stamps_checked']} reads returned a region never"
+            " written or truncated") in said
+    assert (f"{v['mismatches']} of {v['checked']} verified reads differ" in said) is (verify == "true")
+    assert said.endswith("the storage returned wrong data, so its figures do not count")
     assert f"verify fail: {v['checked']} reads checked in full" in out
     assert s["complete"] is True      # the measurement finished; what it read was wrong
 

@@ -21,16 +21,14 @@ import yaml
 from mpi_kvbench import cli as cli_mod
 from mpi_kvbench import config
 from mpi_kvbench import run as run_mod
-from mpi_kvbench.mpi.comm import SerialComm
+from mpi_kvbench.mpi.comm import TASK_COUNT_VARS, SerialComm
 
 ROOT = Path(__file__).resolve().parents[2]
 OBJ = 16 * 24_576      # tiny-1b, 16-token chunks
 TINY = ["--model", "tiny-1b", "--chunk-tokens", "16", "--duration", "0", "--io-depth", "4",
         "--gpu-mem-gb", str(4 * OBJ / 1e9), "--cpu-mem-gb", str(8 * OBJ / 1e9),
         "--storage-capacity-gb", str(40 * OBJ / 1e9)]
-LAUNCH_VARS = ("PMI_SIZE", "PMIX_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE",
-               "MPI_LOCALNRANKS", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "PMI_RANK",
-               "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
+LAUNCH_VARS = (*TASK_COUNT_VARS, "PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
