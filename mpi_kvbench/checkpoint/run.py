@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ from mpi_kvbench.errors import ConfigError
 from mpi_kvbench.footprint import peak_rss_bytes, rss_bytes
 from mpi_kvbench.mpi.comm import Comm, topology, world
 from mpi_kvbench.results.hdf5 import atomic_write, write_summary
+from mpi_kvbench.results.summary import VERIFY_FAILED
 from mpi_kvbench.run import _holds_result, agree
 from mpi_kvbench.tiers.storage import StorageTier
 
@@ -91,6 +93,10 @@ def execute(s: CheckpointSettings, command_line: str, comm: Comm | None = None) 
         summary = summarize(s, rows, cal, run_name, run_id, command_line, comm.size)
         write_result(out_dir, summary, rows)
         status = 0 if summary["complete"] else 1
+        if status == 0 and summary.get("verify_mismatches"):   # as a run: exit 3, one line
+            print(f"error: verify: {summary['verify_mismatches']} restored chunk(s) differ from"
+                  " what was written", file=sys.stderr)
+            status = VERIFY_FAILED
     return comm.bcast(status)
 
 

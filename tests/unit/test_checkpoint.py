@@ -17,6 +17,7 @@ from mpi_kvbench.checkpoint.stream import BufferPool, Producer, chunk_key
 from mpi_kvbench.engine import payload as pl
 from mpi_kvbench.errors import ConfigError
 from mpi_kvbench.mpi.comm import SerialComm
+from mpi_kvbench.results.summary import VERIFY_FAILED
 
 MiB = 1 << 20
 SIZE = 8 * MiB             # a checkpoint held whole would add this much resident memory
@@ -114,7 +115,7 @@ def test_a_corrupted_restore_is_counted(tmp_path: Path, monkeypatch) -> None:
     s = cs.build({"size_gb": MiB / 1e9, "chunk_mb": 0.25, "verify": True, "calibrate": False,
                   "results_dir": str(tmp_path / "res"), "run_name": "bad",
                   "path": str(tmp_path / "d")})
-    execute(s, "test", SerialComm())
+    assert execute(s, "test", SerialComm()) == VERIFY_FAILED   # exit 3, as a run's verify
     summary = json.loads((tmp_path / "res" / "bad" / "summary.json").read_text())
     assert summary["verify_mismatches"] == 1
 
