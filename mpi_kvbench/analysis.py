@@ -650,7 +650,7 @@ def plot_report(result: Result, out_dir: PathLike | None = None) -> dict[str, An
     its SLOs, bandwidth over time, hit rates, per-rank spread), as ``{name: Figure}``, and
     written as PNGs into ``out_dir`` when given (then the keys are the PNG paths). Uses no
     pyplot state, so it is safe in a notebook and without a display."""
-    figures = {"latency_cdf.png": plot_latency(result), "qos_latency.png": plot_qos(result),
+    figures = {"latency_tail.png": plot_latency(result), "qos_latency.png": plot_qos(result),
                "bandwidth.png": plot_bandwidth(result), "hit_rates.png": plot_hit_rates(result),
                "per_rank.png": plot_per_rank(result)}
     for fig in figures.values():
