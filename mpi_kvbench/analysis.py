@@ -289,19 +289,21 @@ def cdf(result: Result, histogram: str, rank: int | str = "all") -> pd.DataFrame
     """The latency CDF: at each non-empty bucket's upper edge, the fraction of samples at
     or below it (exact, unlike a percentile's bucket midpoint). Merged, edges are clamped
     to the exact min/max, so the curve ends at the true maximum."""
-    pd = _pandas()
     counts = histogram_counts(result, histogram, rank)
-    n = int(counts.sum())
-    if n == 0:
-        return pd.DataFrame({"latency_ms": np.array([], float), "fraction": np.array([], float)})
     nz = np.nonzero(counts)[0]
+    fraction = np.cumsum(counts[nz]) / counts.sum() if len(nz) else np.array([], float)
+    return _pandas().DataFrame({"latency_ms": _upper_ms(result, histogram, rank, nz),
+                                "fraction": fraction})
+
+
+def _upper_ms(result: Result, histogram: str, rank: int | str, nz: np.ndarray) -> np.ndarray:
+    """Upper edges (ms) of the non-empty buckets ``nz``; merged, clamped to the exact min/max."""
     upper = EDGES[nz + 1].astype(float)
-    if rank == "all":
+    if rank == "all" and len(nz):
         hist = _need_hist(result)
         rows = hist.rows(histogram)
         upper = np.clip(upper, float(hist.min_ns[rows].min()), float(hist.max_ns[rows].max()))
-    fraction = np.cumsum(counts[nz]) / n
-    return pd.DataFrame({"latency_ms": upper / 1e6, "fraction": fraction})
+    return upper / 1e6
 
 
 def _need_hist(result: Result) -> _Hist:
@@ -439,11 +441,11 @@ def tail(result: Result, histogram: str, rank: int | str = "all") -> pd.DataFram
     it holds that value over the bucket's span (an upper bound of the exact tail there,
     by at most one bucket), reaches 1/n at the maximum, not 0, and plots on a log scale:
     P99 is where the curve crosses 0.01, P99.9 where it crosses 0.001."""
-    c = cdf(result, histogram, rank)
     counts = histogram_counts(result, histogram, rank)
-    at_or_above = np.cumsum(counts[np.nonzero(counts)[0]][::-1])[::-1]   # exact counts, then one division
-    slower = at_or_above / counts.sum() if len(at_or_above) else np.array([], float)
-    return _pandas().DataFrame({"latency_ms": c["latency_ms"].to_numpy(), "slower": slower})
+    nz = np.nonzero(counts)[0]
+    at_or_above = np.cumsum(counts[nz][::-1])[::-1]   # exact counts, then one division
+    slower = at_or_above / counts.sum() if len(nz) else np.array([], float)
+    return _pandas().DataFrame({"latency_ms": _upper_ms(result, histogram, rank, nz), "slower": slower})
 
 
 def _mark_tail(ax: Any, n_max: int) -> None:
@@ -650,7 +652,7 @@ def plot_report(result: Result, out_dir: PathLike | None = None) -> dict[str, An
     its SLOs, bandwidth over time, hit rates, per-rank spread), as ``{name: Figure}``, and
     written as PNGs into ``out_dir`` when given (then the keys are the PNG paths). Uses no
     pyplot state, so it is safe in a notebook and without a display."""
-    figures = {"latency_cdf.png": plot_latency(result), "qos_latency.png": plot_qos(result),
+    figures = {"latency_tail.png": plot_latency(result), "qos_latency.png": plot_qos(result),
                "bandwidth.png": plot_bandwidth(result), "hit_rates.png": plot_hit_rates(result),
                "per_rank.png": plot_per_rank(result)}
     for fig in figures.values():

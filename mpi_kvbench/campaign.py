@@ -34,7 +34,7 @@ def execute_suite(req: suite.Request, command_line: str) -> int:
     suite.plan(req, "check")   # a mistake is one line before MPI starts
     comm = world()
     started = datetime.now(UTC)
-    stamp = comm.bcast(f"{started:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}" if comm.rank == 0 else None)
+    stamp = _stamp(comm, started)
     plan = suite.plan(req, stamp)   # the same input on every rank: the same error everywhere
     agree(comm, check_plan(plan, comm.size) if comm.rank == 0 else None)
     path = os.path.join(plan.directory, SUITE_FILE)
@@ -78,6 +78,11 @@ def execute_suite(req: suite.Request, command_line: str) -> int:
         print(f"\n  suite: {path}" + "".join(f", {p}" for p in (plot, sheet) if p), flush=True)
     comm.barrier()
     return status
+
+
+def _stamp(comm: Comm, started: datetime) -> str:
+    """Rank 0's time and random suffix, on every rank: names a suite or search without one."""
+    return comm.bcast(f"{started:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}" if comm.rank == 0 else None)
 
 
 def export_sheet(directory: str, run_dirs: list[str]) -> str | None:
@@ -140,7 +145,7 @@ def execute_autoscale(req: suite.Request, key: str, search: Search, command_line
     cfgmod.load(req.config, [*req.overrides, suite.nested({key: search.start}, key)])
     comm = world()
     started = datetime.now(UTC)
-    stamp = comm.bcast(f"{started:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}" if comm.rank == 0 else None)
+    stamp = _stamp(comm, started)
     name = req.name or f"autoscale-{search.mode}-{stamp}"
     directory = os.path.join(base.run.results_dir, name)
     path = os.path.join(directory, AUTOSCALE_FILE)

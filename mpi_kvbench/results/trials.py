@@ -17,7 +17,7 @@ import statistics
 from typing import Any
 
 from mpi_kvbench import SCHEMA_VERSION, __version__
-from mpi_kvbench.results.hdf5 import atomic_write
+from mpi_kvbench.results.hdf5 import write_summary
 
 # name -> path in summary.json; every one a single number per run
 HEADLINE: dict[str, tuple[str, ...]] = {
@@ -155,11 +155,9 @@ def rules(plan: dict[str, Any], options: dict[str, Any], planned: int, done: int
 
 
 def write(path: str, doc: dict[str, Any]) -> None:
-    """Through a temporary file and a rename: a crash leaves the last whole version."""
-    def dump(tmp: str) -> None:
-        with open(tmp, "w") as fh:
-            json.dump(doc, fh, indent=2)
-    atomic_write(path, dump)
+    """Through a temporary file and a rename (``hdf5.write_summary``, the writer of every
+    run's summary.json): a crash leaves the last whole version."""
+    write_summary(path, doc)
 
 
 def render(doc: dict[str, Any]) -> str:

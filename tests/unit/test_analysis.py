@@ -202,6 +202,9 @@ def test_plot_report_writes_pngs_and_returns_the_figures(result: analysis.Result
         with open(path, "rb") as fh:
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n", path
     assert sorted(inline) == sorted(Path(p).name for p in figures)
+    # named by what each draws: the latency figure is a tail (share this slow or slower), not a CDF
+    assert sorted(inline) == ["bandwidth.png", "hit_rates.png", "latency_tail.png", "per_rank.png",
+                              "qos_latency.png"]
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(inline)
 
 
